@@ -1,0 +1,56 @@
+# Everything runs from a project-local virtualenv; the first target that needs it creates it.
+PYTHON ?= python3
+VENV   ?= .venv
+EXTRAS ?= dev,dj-db-conn-pool,load,asgi
+# An extra requirement for the install, e.g. DJANGO="Django>=6,<6.2"
+DJANGO ?=
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo run test test-native test-dj-db-conn-pool lint db-start db-stop db-status db-reset clean
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) with $(PYTHON) and installing the project"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]" $(if $(DJANGO),"$(DJANGO)")
+	@touch $@
+
+install: $(STAMP)
+
+## The A/B demonstration (falls back to serving the site until the load tools exist).
+demo: run
+
+## Serve the sample site under gunicorn on the embedded PostgreSQL (or DATABASE_URL).
+run: install
+	@$(BIN)/python -m project.serve
+
+## The test suite, once per pool.
+test: test-native test-dj-db-conn-pool
+	@echo "==> all tests passed for both pools"
+
+test-native: install
+	@echo "==> tests with DB_POOL=native"
+	DB_POOL=native $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-dj-db-conn-pool: install
+	@echo "==> tests with DB_POOL=dj_db_conn_pool"
+	DB_POOL=dj_db_conn_pool $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+db-start: install
+	@$(BIN)/python -m project.localdb start
+db-stop: install
+	@$(BIN)/python -m project.localdb stop
+db-status: install
+	@$(BIN)/python -m project.localdb status
+## Stop the embedded server and delete its data.
+db-reset: db-stop
+	rm -rf .localdb/pgdata
+	@echo "==> removed .localdb/pgdata; the next command creates a fresh one"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

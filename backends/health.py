@@ -1,0 +1,48 @@
+"""Catch dead connections at checkout without a round trip on every checkout.
+
+A connection that comes out of the pool may have died while it sat there: the
+server restarted, an administrator ran ``pg_terminate_backend``, a firewall
+dropped it. Pinging on every checkout catches that but costs a round trip per
+checkout, and the release backends check out once per query.
+
+So, like mature pools (HikariCP's ``aliveBypassWindowMs``), trust a connection
+that went back to the pool moments ago, unless its socket already has something
+to say: a server that ends a session sends an error and closes the socket, which
+makes it readable. Anything older, or anything unknown, is pinged.
+"""
+
+from __future__ import annotations
+
+import select
+import weakref
+from time import monotonic
+
+# A connection returned less than this many seconds ago skips the ping.
+TRUST_WINDOW_SECONDS = 0.5
+
+_returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def mark_returned(dbapi_connection) -> None:
+    """Note that a driver connection is going back to its pool now."""
+    _returned_at[dbapi_connection] = monotonic()
+
+
+def needs_ping(dbapi_connection) -> bool:
+    """Whether a connection taken from the pool should be pinged before use."""
+    returned_at = _returned_at.get(dbapi_connection)
+    if returned_at is None or monotonic() - returned_at > TRUST_WINDOW_SECONDS:
+        return True
+    return _socket_has_data(dbapi_connection)
+
+
+def _socket_has_data(dbapi_connection) -> bool:
+    # An idle connection has nothing to read; a terminated one has the server's
+    # goodbye message or end-of-file waiting.
+    try:
+        fd = dbapi_connection.fileno()
+    except Exception:  # closed or broken: let the ping decide
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))

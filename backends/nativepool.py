@@ -1,0 +1,68 @@
+"""Django's own connection pool (psycopg_pool), as used by the native engines."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import NO_DB_ALIAS
+
+from backends import health
+from backends.pool import PoolUsage, require_no_persistent_connections
+
+try:
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImproperlyConfigured(
+        "Error loading psycopg_pool. Did you install psycopg[pool]?"
+    ) from exc
+
+
+def check_connection(conn) -> None:
+    """psycopg_pool ``check`` callback: ping only when the connection may be dead."""
+    if health.needs_ping(conn):
+        ConnectionPool.check_connection(conn)
+
+
+class NativePoolMixin:
+    pool_name = "native"
+    pool_timeout_error = PoolTimeout
+
+    def __init__(self, settings_dict, alias="default") -> None:
+        super().__init__(settings_dict, alias)
+        if alias == NO_DB_ALIAS:  # Django's short-lived maintenance connection
+            return
+        require_no_persistent_connections(settings_dict, alias)
+        if not settings_dict["OPTIONS"].get("pool"):
+            raise ImproperlyConfigured(
+                f"DATABASES[{alias!r}] uses {settings_dict['ENGINE']!r}, which needs Django's "
+                "connection pool: add \"OPTIONS\": {\"pool\": {\"min_size\": 1, \"max_size\": 4}} "
+                "(or set DB_POOL=native in this project's environment)."
+            )
+
+    @property
+    def pool(self):
+        pool = super().pool
+        # Django builds the pool with a ping on every checkout when
+        # CONN_HEALTH_CHECKS is on; psycopg_pool only takes `check` in its
+        # constructor, so swap in the cheaper check once the pool exists.
+        if pool is not None and pool._check is ConnectionPool.check_connection:
+            pool._check = check_connection
+        return pool
+
+    def _close(self) -> None:
+        if self.connection is not None and self.pool is not None:
+            health.mark_returned(self.connection)
+        super()._close()
+
+    def pool_usage(self) -> PoolUsage:
+        stats = self.pool.get_stats()
+        return PoolUsage(
+            size=stats["pool_size"],
+            max_size=stats["pool_max"],
+            idle=stats["pool_available"],
+            waiting=stats.get("requests_waiting", 0),
+        )
+
+    def close_pool(self) -> None:
+        # Django's close_pool() also runs on every time-zone change in tests.
+        if self.alias in self._connection_pools:
+            super().close_pool()

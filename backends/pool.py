@@ -1,0 +1,41 @@
+"""What every pooled engine exposes, whichever pool is underneath."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import OperationalError
+
+
+class PoolExhausted(OperationalError):
+    """No connection came free within the pool's timeout.
+
+    Raised by every engine in place of the pool's own exception
+    (``psycopg_pool.PoolTimeout`` or ``sqlalchemy.exc.TimeoutError``), so a
+    view or middleware can catch one class.
+    """
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """What a pool looks like right now."""
+
+    size: int  # connections open (idle + checked out)
+    max_size: int
+    idle: int  # waiting in the pool, ready to be borrowed
+    waiting: int = 0  # callers queued for a connection, when the pool tells
+
+    @property
+    def checked_out(self) -> int:
+        return self.size - self.idle
+
+
+def require_no_persistent_connections(settings_dict: dict, alias: str) -> None:
+    max_age = settings_dict.get("CONN_MAX_AGE", 0)
+    if max_age != 0:
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}]['CONN_MAX_AGE'] is {max_age!r}, but "
+            f"{settings_dict['ENGINE']!r} hands connections back to a pool: persistent "
+            "connections would keep them out of it. Set CONN_MAX_AGE to 0 (the default)."
+        )

@@ -1,0 +1,81 @@
+"""django-db-connection-pool (SQLAlchemy's QueuePool), as used by the dj_db_conn_pool engines."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import NO_DB_ALIAS
+
+from backends import health
+from backends.pool import PoolUsage, require_no_persistent_connections
+
+try:
+    from dj_db_conn_pool.backends.postgresql.base import DatabaseWrapper as PooledDatabaseWrapper
+    from dj_db_conn_pool.backends.postgresql.mixins import PGDatabaseWrapperMixin
+    from dj_db_conn_pool.core import pool_container
+    from sqlalchemy.exc import TimeoutError as QueuePoolTimeout
+except ImportError as exc:
+    raise ImproperlyConfigured(
+        "This engine needs django-db-connection-pool. Install it with "
+        "`pip install 'django-db-connection-pool[postgresql]'` (or this project's "
+        "`pip install -e '.[dj-db-conn-pool]'`), or use DB_POOL=native."
+    ) from exc
+
+
+class QueuePoolMixin:
+    pool_name = "dj_db_conn_pool"
+    pool_timeout_error = QueuePoolTimeout
+
+    class SQLAlchemyDialect(PGDatabaseWrapperMixin.SQLAlchemyDialect):
+        def do_ping(self, dbapi_connection) -> bool:
+            # QueuePool's pre_ping calls this on every checkout; skip the round
+            # trip for a connection that is known to be alive.
+            if not health.needs_ping(dbapi_connection):
+                return True
+            return super().do_ping(dbapi_connection)
+
+    def __init__(self, settings_dict, alias="default") -> None:
+        super().__init__(settings_dict, alias)
+        if alias == NO_DB_ALIAS:
+            return
+        require_no_persistent_connections(settings_dict, alias)
+        if settings_dict["OPTIONS"].get("pool"):
+            raise ImproperlyConfigured(
+                f"DATABASES[{alias!r}] uses {settings_dict['ENGINE']!r}, which pools with "
+                "SQLAlchemy's QueuePool (sized by POOL_OPTIONS): remove OPTIONS['pool'], or "
+                "use the native engine."
+            )
+
+    def _close(self) -> None:
+        if self.connection is not None:
+            health.mark_returned(self.connection.driver_connection)
+        super()._close()
+
+    @property
+    def queue_pool(self):
+        """The SQLAlchemy pool of this alias, or None before the first connection."""
+        return pool_container.get(self.alias) if pool_container.has(self.alias) else None
+
+    def pool_usage(self) -> PoolUsage:
+        pool = self.queue_pool
+        options = {k.lower(): v for k, v in self.settings_dict.get("POOL_OPTIONS", {}).items()}
+        defaults = pool_container.pool_default_params
+        max_size = options.get("pool_size", defaults["pool_size"]) + options.get(
+            "max_overflow", defaults["max_overflow"]
+        )
+        if pool is None:
+            return PoolUsage(size=0, max_size=max_size, idle=0)
+        return PoolUsage(
+            size=pool.checkedin() + pool.checkedout(),
+            max_size=max_size,
+            idle=pool.checkedin(),
+        )
+
+    def close_pool(self) -> None:
+        pool = self.queue_pool
+        if pool is not None:
+            pool.dispose()
+            with pool_container.lock:
+                pool_container.pop(self.alias, None)
+
+
+__all__ = ["PooledDatabaseWrapper", "QueuePoolMixin"]

