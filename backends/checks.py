@@ -29,9 +29,7 @@ def check_release_settings(app_configs=None, **kwargs):
                 )
             )
         if engine.endswith("dj_db_conn_pool"):
-            ping = {k.upper(): v for k, v in config.get("POOL_OPTIONS", {}).items()}.get(
-                "PRE_PING", True
-            )
+            ping = {k.upper(): v for k, v in config.get("POOL_OPTIONS", {}).items()}.get("PRE_PING", True)
             off = not ping
             setting = "POOL_OPTIONS['PRE_PING']"
         else:
@@ -50,4 +48,3 @@ def check_release_settings(app_configs=None, **kwargs):
                 )
             )
     return warnings
-

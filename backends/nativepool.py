@@ -11,9 +11,7 @@ from backends.pool import PoolUsage, require_no_persistent_connections
 try:
     from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImproperlyConfigured(
-        "Error loading psycopg_pool. Did you install psycopg[pool]?"
-    ) from exc
+    raise ImproperlyConfigured("Error loading psycopg_pool. Did you install psycopg[pool]?") from exc
 
 
 def check_connection(conn) -> None:
@@ -34,7 +32,7 @@ class NativePoolMixin:
         if not settings_dict["OPTIONS"].get("pool"):
             raise ImproperlyConfigured(
                 f"DATABASES[{alias!r}] uses {settings_dict['ENGINE']!r}, which needs Django's "
-                "connection pool: add \"OPTIONS\": {\"pool\": {\"min_size\": 1, \"max_size\": 4}} "
+                'connection pool: add "OPTIONS": {"pool": {"min_size": 1, "max_size": 4}} '
                 "(or set DB_POOL=native in this project's environment)."
             )
 

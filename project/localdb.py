@@ -11,6 +11,7 @@ Usage: python -m project.localdb {start|stop|status|url}
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -96,9 +97,7 @@ def _postmaster_pid() -> int | None:
 def _is_our_postmaster(pid: int) -> bool:
     try:
         process = psutil.Process(pid)
-        return process.name() == "postgres" and str(PGDATA.resolve()) in " ".join(
-            process.cmdline()
-        )
+        return process.name() == "postgres" and str(PGDATA.resolve()) in " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
@@ -143,16 +142,18 @@ def _clear_stale_server() -> None:
 
 def _ensure_database(server: LocalServer, name: str) -> None:
     with psycopg.connect(
-        host=str(server.socket_dir), port=server.port, user="postgres", dbname="postgres",
+        host=str(server.socket_dir),
+        port=server.port,
+        user="postgres",
+        dbname="postgres",
         autocommit=True,
     ) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
         if not exists:
             _say(f"creating database {name!r}")
-            try:
+            # Another process may create it at the same moment.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            except psycopg.errors.DuplicateDatabase:
-                pass  # another process created it first
 
 
 def ensure_running(database: str = DEFAULT_DATABASE) -> LocalServer:

@@ -1,7 +1,13 @@
-"""Settings for the test suite: the project's own, with a throwaway secret key."""
+"""Settings for the test suite: the project's own, plus two aliases the tests resize at will."""
 
 import os
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "insecure-key-for-the-test-suite-only")
 
 from project.settings import *  # noqa: E402,F403
+from project.settings import DATABASES  # noqa: E402
+
+# Same test database as "default"; tests/conftest.py gives each a small pool of its own:
+# "pool" runs the engine under test (DB_RELEASE), "baseline_pool" the stock-Django baseline.
+for alias in ("pool", "baseline_pool"):
+    DATABASES[alias] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}

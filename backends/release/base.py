@@ -1,13 +1,13 @@
 """Django's native pool; the connection goes back to it when the cursor closes.
 
-    DATABASES = {
-        "default": {
-            "ENGINE": "backends.release",
-            "NAME": "shop",
-            "CONN_HEALTH_CHECKS": True,
-            "OPTIONS": {"pool": {"min_size": 1, "max_size": 4, "timeout": 5}},
-        }
+DATABASES = {
+    "default": {
+        "ENGINE": "backends.release",
+        "NAME": "shop",
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": {"pool": {"min_size": 1, "max_size": 4, "timeout": 5}},
     }
+}
 """
 
 from django.db.backends.postgresql import base
