@@ -9,10 +9,14 @@ RELEASE_ENGINES = ("backends.release", "backends.release.dj_db_conn_pool")
 OUR_ENGINES = RELEASE_ENGINES + ("backends.baseline", "backends.baseline.dj_db_conn_pool")
 
 
-@register(Tags.database, Tags.compatibility, deploy=False)
+@register(Tags.compatibility)
 def check_release_settings(app_configs=None, **kwargs):
+    return database_warnings(settings.DATABASES)
+
+
+def database_warnings(databases: dict) -> list[Warning]:
     warnings = []
-    for alias, config in settings.DATABASES.items():
+    for alias, config in databases.items():
         engine = config.get("ENGINE")
         if engine not in OUR_ENGINES:
             continue

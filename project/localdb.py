@@ -28,7 +28,6 @@ from psycopg import sql
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOCALDB_DIR = Path(os.environ.get("LOCALDB_DIR", BASE_DIR / ".localdb"))
-PGDATA = LOCALDB_DIR / "pgdata"
 DEFAULT_DATABASE = "shop"
 
 
@@ -72,36 +71,6 @@ def installed_major_version() -> str:
     return out.split()[-1].split(".")[0]
 
 
-def _check_data_folder_version() -> None:
-    version_file = PGDATA / "PG_VERSION"
-    if not version_file.exists():
-        return
-    found = version_file.read_text().strip()
-    installed = installed_major_version()
-    if found != installed:
-        raise LocalDatabaseError(
-            f"{PGDATA} holds a PostgreSQL {found} data folder, but the embedded server is "
-            f"PostgreSQL {installed}. Remove the folder with `make db-reset` (its data is lost), "
-            f"or set DATABASE_URL to a PostgreSQL {found} server."
-        )
-
-
-def _postmaster_pid() -> int | None:
-    pid_file = PGDATA / "postmaster.pid"
-    try:
-        return int(pid_file.read_text().split()[0])
-    except (FileNotFoundError, IndexError, ValueError):
-        return None
-
-
-def _is_our_postmaster(pid: int) -> bool:
-    try:
-        process = psutil.Process(pid)
-        return process.name() == "postgres" and str(PGDATA.resolve()) in " ".join(process.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
 def _binary_is_gone(pid: int) -> bool:
     """The server runs a program file that has since been deleted (a recreated virtualenv)."""
     try:
@@ -124,22 +93,6 @@ def _stop_process(pid: int) -> None:
         process.wait(timeout=5)
 
 
-def _clear_stale_server() -> None:
-    pid = _postmaster_pid()
-    if pid is None:
-        return
-    if not _is_our_postmaster(pid):
-        # Left by a server that died (or a reboot); the pid may now be someone else's.
-        (PGDATA / "postmaster.pid").unlink(missing_ok=True)
-        return
-    if _binary_is_gone(pid):
-        _say(
-            f"PostgreSQL (pid {pid}) was started from an installation that no longer exists; "
-            "restarting it from this one."
-        )
-        _stop_process(pid)
-
-
 def _ensure_database(server: LocalServer, name: str) -> None:
     with psycopg.connect(
         host=str(server.socket_dir),
@@ -156,37 +109,92 @@ def _ensure_database(server: LocalServer, name: str) -> None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
+class LocalDatabase:
+    """An embedded server whose data lives in `directory`/pgdata."""
+
+    def __init__(self, directory: Path = LOCALDB_DIR) -> None:
+        self.directory = Path(directory)
+        self.pgdata = self.directory / "pgdata"
+
+    def ensure_running(self, database: str = DEFAULT_DATABASE) -> LocalServer:
+        """Start the server, or reuse the one already running, and return it."""
+        embedded = _embedded()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with fasteners.InterProcessLock(self.directory / "lock"):
+            self._check_data_folder_version()
+            self._clear_stale_server()
+            if self._postmaster_pid() is None:
+                _say(f"starting embedded PostgreSQL in {self.pgdata}")
+            self.pgdata.mkdir(exist_ok=True)
+            # Not get_server(): it caches a handle per folder for the life of the process,
+            # which goes stale once the server is stopped. cleanup_mode=None: keep it
+            # running after this process exits, for the next command to reuse.
+            handle = embedded.PostgresServer(self.pgdata.resolve(), cleanup_mode=None)
+            info = handle.get_postmaster_info()
+            server = LocalServer(pid=info.pid, socket_dir=info.socket_dir, port=info.port)
+            _ensure_database(server, database)
+        return server
+
+    def running_server(self) -> LocalServer | None:
+        pid = self._postmaster_pid()
+        if pid is None or not self._is_our_postmaster(pid):
+            return None
+        lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+        return LocalServer(pid=pid, socket_dir=Path(lines[4]), port=int(lines[3]))
+
+    def stop(self) -> bool:
+        server = self.running_server()
+        if server is None:
+            return False
+        _stop_process(server.pid)
+        return True
+
+    def _check_data_folder_version(self) -> None:
+        version_file = self.pgdata / "PG_VERSION"
+        if not version_file.exists():
+            return
+        found = version_file.read_text().strip()
+        installed = installed_major_version()
+        if found != installed:
+            raise LocalDatabaseError(
+                f"{self.pgdata} holds a PostgreSQL {found} data folder, but the embedded server is "
+                f"PostgreSQL {installed}. Remove the folder with `make db-reset` (its data is lost), "
+                f"or set DATABASE_URL to a PostgreSQL {found} server."
+            )
+
+    def _postmaster_pid(self) -> int | None:
+        try:
+            return int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        except (FileNotFoundError, IndexError, ValueError):
+            return None
+
+    def _is_our_postmaster(self, pid: int) -> bool:
+        try:
+            process = psutil.Process(pid)
+            cmdline = " ".join(process.cmdline())
+            return process.name() == "postgres" and str(self.pgdata.resolve()) in cmdline
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
+
+    def _clear_stale_server(self) -> None:
+        pid = self._postmaster_pid()
+        if pid is None:
+            return
+        if not self._is_our_postmaster(pid):
+            # Left by a server that died (or a reboot); the pid may now be someone else's.
+            (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
+            return
+        if _binary_is_gone(pid):
+            _say(
+                f"PostgreSQL (pid {pid}) was started from an installation that no longer exists; "
+                "restarting it from this one."
+            )
+            _stop_process(pid)
+
+
 def ensure_running(database: str = DEFAULT_DATABASE) -> LocalServer:
-    """Start the embedded server, or reuse the one already running, and return it."""
-    embedded = _embedded()
-    LOCALDB_DIR.mkdir(parents=True, exist_ok=True)
-    with fasteners.InterProcessLock(LOCALDB_DIR / "lock"):
-        _check_data_folder_version()
-        _clear_stale_server()
-        already_running = _postmaster_pid() is not None
-        if not already_running:
-            _say(f"starting embedded PostgreSQL in {PGDATA}")
-        handle = embedded.get_server(PGDATA, cleanup_mode=None)  # keep running after we exit
-        info = handle.get_postmaster_info()
-        server = LocalServer(pid=info.pid, socket_dir=info.socket_dir, port=info.port)
-        _ensure_database(server, database)
-    return server
-
-
-def running_server() -> LocalServer | None:
-    pid = _postmaster_pid()
-    if pid is None or not _is_our_postmaster(pid):
-        return None
-    lines = (PGDATA / "postmaster.pid").read_text().splitlines()
-    return LocalServer(pid=pid, socket_dir=Path(lines[4]), port=int(lines[3]))
-
-
-def stop() -> bool:
-    server = running_server()
-    if server is None:
-        return False
-    _stop_process(server.pid)
-    return True
+    """The project's embedded server (in LOCALDB_DIR, default .localdb/), started if needed."""
+    return LocalDatabase().ensure_running(database)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,13 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "url":
             print(ensure_running(args.database).url(args.database))
         elif args.command == "status":
-            server = running_server()
+            server = LocalDatabase().running_server()
             if server is None:
-                print(f"embedded PostgreSQL is not running (data folder: {PGDATA})")
+                print(f"embedded PostgreSQL is not running (data folder: {LocalDatabase().pgdata})")
                 return 1
             print(f"embedded PostgreSQL running (pid {server.pid}), socket in {server.socket_dir}")
         elif args.command == "stop":
-            print("embedded PostgreSQL stopped" if stop() else "embedded PostgreSQL was not running")
+            print(
+                "embedded PostgreSQL stopped"
+                if LocalDatabase().stop()
+                else "embedded PostgreSQL was not running"
+            )
     except LocalDatabaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
