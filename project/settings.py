@@ -32,6 +32,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "backends",
+    "apps.catalog",
+    "apps.customers",
+    "apps.orders",
+    "apps.reports",
+    "apps.storefront",
 ]
 
 MIDDLEWARE = [
@@ -89,6 +94,9 @@ DATABASES = {
         timeout=env.float("DB_POOL_TIMEOUT", default=5.0),
     )
 }
+
+# The simulated slow external service the shop's demo views call (apps/catalog/external.py).
+EXTERNAL_LATENCY_MS = env.int("EXTERNAL_LATENCY_MS", default=50)
 
 # Log the stack where a cursor that was never closed had been opened.
 DB_LEAK_DIAGNOSTICS = env.bool("DB_LEAK_DIAGNOSTICS", default=False)
