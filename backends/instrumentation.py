@@ -1,10 +1,14 @@
-"""Time every checkout the same way on every engine.
+"""Follow every checkout the same way on every engine.
 
 A checkout runs from the moment the pool hands a connection over to the moment
-it is given back (``DatabaseWrapper.close()``); the wait is the time spent
+it is given back (``DatabaseWrapper.close()``); its wait is the time spent
 inside the pool asking for it. psycopg_pool's own ``usage_ms`` stays at 0 under
 Django, which borrows with ``getconn()`` rather than ``pool.connection()``, so
 the engines keep their own clock.
+
+Each checkout also counts the cursors still open on it. The release engines
+use that count to decide when a connection can go back early; every engine uses
+it to spot a connection closed while a cursor on it was never closed (a leak).
 
 Listeners subscribe to the signals below; the metrics app turns them into
 Prometheus series and a per-request summary.
@@ -12,28 +16,83 @@ Prometheus series and a per-request summary.
 
 from __future__ import annotations
 
+import logging
+import traceback
 from time import perf_counter
 
+from django.conf import settings
+from django.db.backends.postgresql.base import CursorDebugWrapper
+from django.db.backends.utils import CursorWrapper
 from django.dispatch import Signal
 
 from backends.pool import PoolExhausted
 
-# sender=DatabaseWrapper class; kwargs: connection, wait_seconds
-connection_checked_out = Signal()
-# sender=DatabaseWrapper class; kwargs: connection, hold_seconds
-connection_returned = Signal()
-# sender=DatabaseWrapper class; kwargs: connection, wait_seconds
-pool_timed_out = Signal()
+logger = logging.getLogger("backends.leaks")
+
+# All sent with sender=the DatabaseWrapper class and connection=the DatabaseWrapper.
+connection_checked_out = Signal()  # wait_seconds
+connection_returned = Signal()  # hold_seconds
+pool_timed_out = Signal()  # wait_seconds
+cursor_leaked = Signal()  # open_cursors: closed with cursors still open, outside a transaction
+
+
+class Checkout:
+    """One borrowing of a connection from the pool."""
+
+    __slots__ = ("open_cursors", "opened_at")
+
+    def __init__(self) -> None:
+        self.open_cursors = 0
+        # Where each open cursor was created; only filled in when the
+        # DB_LEAK_DIAGNOSTICS setting is on (a stack costs tens of microseconds).
+        self.opened_at: dict[int, str] = {}
+
+
+class CountedCursorMixin:
+    """A cursor that tells its checkout when it opens and closes."""
+
+    def __init__(self, cursor, db) -> None:
+        super().__init__(cursor, db)
+        # Cursors made while connect() is still configuring the connection
+        # belong to no checkout.
+        self.checkout = db.checkout
+        if self.checkout is not None:
+            self.checkout.open_cursors += 1
+            if db.trace_cursors:
+                self.checkout.opened_at[id(self)] = "".join(traceback.format_stack(limit=12)[:-2])
+
+    def close(self) -> None:
+        try:
+            self.cursor.close()
+        finally:
+            checkout, self.checkout = self.checkout, None
+            if checkout is not None:  # a second close() counts once
+                checkout.open_cursors -= 1
+                checkout.opened_at.pop(id(self), None)
+                self.db.cursor_closed(checkout)
+
+    # No __del__ on purpose: the garbage collector may run in any thread, and
+    # must not act on a connection another thread owns.
+
+
+class CountedCursorWrapper(CountedCursorMixin, CursorWrapper):
+    pass
+
+
+class CountedCursorDebugWrapper(CountedCursorMixin, CursorDebugWrapper):
+    pass
 
 
 class InstrumentedMixin:
-    """Measure hold and wait time of each checkout and turn pool timeouts into PoolExhausted."""
+    """Time each checkout, count its cursors, and turn pool timeouts into PoolExhausted."""
 
     release_engine = "baseline"  # overridden by ConnectionReleaseMixin
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.checkout: Checkout | None = None
         self.checked_out_at: float | None = None
+        self.trace_cursors = getattr(settings, "DB_LEAK_DIAGNOSTICS", False)
 
     def get_new_connection(self, conn_params):
         started = perf_counter()
@@ -50,6 +109,28 @@ class InstrumentedMixin:
         connection_checked_out.send(type(self), connection=self, wait_seconds=now - started)
         return connection
 
+    def connect(self) -> None:
+        # No checkout while connect() configures the connection: the cursors it
+        # opens, and the autocommit it switches on, are not the caller's.
+        self.checkout = None
+        super().connect()
+        self.checkout = Checkout()
+
+    def make_cursor(self, cursor):
+        return CountedCursorWrapper(cursor, self)
+
+    def make_debug_cursor(self, cursor):
+        return CountedCursorDebugWrapper(cursor, self)
+
+    def cursor_closed(self, checkout: Checkout) -> None:
+        """A cursor of `checkout` closed; the release engines act on it."""
+
+    def close(self) -> None:
+        checkout, self.checkout = self.checkout, None
+        if checkout is not None and checkout.open_cursors and not self.in_atomic_block:
+            self.report_leaked_cursors(checkout)
+        super().close()
+
     def _close(self) -> None:
         checked_out_at, self.checked_out_at = self.checked_out_at, None
         try:
@@ -59,3 +140,18 @@ class InstrumentedMixin:
                 connection_returned.send(
                     type(self), connection=self, hold_seconds=perf_counter() - checked_out_at
                 )
+
+    def report_leaked_cursors(self, checkout: Checkout) -> None:
+        """The connection is being closed while cursors opened on it were never closed."""
+        cursor_leaked.send(type(self), connection=self, open_cursors=checkout.open_cursors)
+        if not self.trace_cursors:
+            return
+        stacks = "\n".join(checkout.opened_at.values()) or "(stack not recorded)\n"
+        logger.warning(
+            "Database alias %r held its connection until it was closed because %d cursor(s) "
+            "opened on it were never closed. Close cursors (use `with connection.cursor()`) "
+            "so the connection can go back to the pool early. Opened at:\n%s",
+            self.alias,
+            checkout.open_cursors,
+            stacks,
+        )

@@ -292,10 +292,10 @@ def test_leak_diagnostic_logs_where_the_cursor_was_opened(database, settings, ca
     cursor = connections[alias].cursor()
     cursor.execute("SELECT 1")
 
-    with caplog.at_level(logging.WARNING, logger="backends.release"):
+    with caplog.at_level(logging.WARNING, logger="backends.leaks"):
         end_of_request()
 
-    [record] = [r for r in caplog.records if r.name == "backends.release"]
+    [record] = [r for r in caplog.records if r.name == "backends.leaks"]
     assert "never closed" in record.getMessage()
     assert "test_leak_diagnostic_logs_where_the_cursor_was_opened" in record.getMessage()
     assert __file__ in record.getMessage()
@@ -304,9 +304,9 @@ def test_leak_diagnostic_logs_where_the_cursor_was_opened(database, settings, ca
 def test_leak_diagnostic_is_silent_by_default(database, caplog):
     alias = database()
     connections[alias].cursor().execute("SELECT 1")
-    with caplog.at_level(logging.WARNING, logger="backends.release"):
+    with caplog.at_level(logging.WARNING, logger="backends.leaks"):
         end_of_request()
-    assert [r for r in caplog.records if r.name == "backends.release"] == []
+    assert [r for r in caplog.records if r.name == "backends.leaks"] == []
 
 
 def test_closed_cursors_are_not_reported_as_leaks(database, settings, caplog):
@@ -314,10 +314,10 @@ def test_closed_cursors_are_not_reported_as_leaks(database, settings, caplog):
     alias = database()
     with connections[alias].cursor() as cursor:
         cursor.execute("SELECT 1")
-    with caplog.at_level(logging.WARNING, logger="backends.release"):
+    with caplog.at_level(logging.WARNING, logger="backends.leaks"):
         Group.objects.using(alias).count()
         end_of_request()
-    assert [r for r in caplog.records if r.name == "backends.release"] == []
+    assert [r for r in caplog.records if r.name == "backends.leaks"] == []
 
 
 def test_a_cursor_from_an_earlier_checkout_does_not_release_the_current_one(database):
