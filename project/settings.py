@@ -35,7 +35,7 @@ INSTALLED_APPS = [
     "apps.catalog",
     "apps.customers",
     "apps.orders",
-    "apps.reports",
+    "apps.sales",
     "apps.storefront",
 ]
 

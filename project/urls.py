@@ -1,6 +1,13 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("", include("apps.storefront.urls")),
+    path("", include("apps.catalog.urls")),
+    path("", include("apps.orders.urls")),
+    path("", include("apps.sales.urls")),
 ]
+
+# JSON 404s under /api/, the site's own page elsewhere.
+handler404 = "apps.storefront.views.not_found"

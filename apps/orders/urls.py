@@ -1,0 +1,12 @@
+from django.urls import path
+
+from apps.orders import api, views
+
+app_name = "orders"
+
+urlpatterns = [
+    path("orders/new/", views.new_order, name="new"),
+    path("orders/export.csv", views.export_csv, name="export-csv"),
+    path("orders/<str:number>/", views.order_detail, name="order-detail"),
+    path("api/orders/", api.place, name="api-place"),
+]
