@@ -1,0 +1,85 @@
+"""The Prometheus series (names from DESIGN.md), correct with several gunicorn workers.
+
+With PROMETHEUS_MULTIPROC_DIR set (project/gunicorn.conf.py sets it), each
+worker writes its values to files there and /metrics adds them up; gauges use
+"livesum" so workers that exited no longer count.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+)
+
+LABELS = ("alias", "engine", "pool")
+
+# Seconds: a release checkout is well under a millisecond, a baseline one lasts
+# the whole request (tens to hundreds of milliseconds).
+TIME_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+CHECKOUT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100)
+
+connection_hold = Histogram(
+    "db_connection_hold_seconds",
+    "One checkout: from acquiring a connection to giving it back.",
+    LABELS,
+    buckets=TIME_BUCKETS,
+)
+connection_wait = Histogram(
+    "db_connection_wait_seconds",
+    "One checkout: time spent waiting for the pool.",
+    LABELS,
+    buckets=TIME_BUCKETS,
+)
+request_hold = Histogram(
+    "db_request_hold_seconds",
+    "One HTTP request that used the database: total time it held a connection.",
+    LABELS,
+    buckets=TIME_BUCKETS,
+)
+request_checkouts = Histogram(
+    "db_request_checkouts",
+    "One HTTP request that used the database: how many checkouts it made.",
+    LABELS,
+    buckets=CHECKOUT_BUCKETS,
+)
+checkouts = Counter("db_connection_checkouts", "Checkouts.", LABELS)
+pool_timeouts = Counter("db_pool_timeouts", "Requests that gave up waiting for a connection.", LABELS)
+requests_ended_holding = Counter(
+    "db_requests_ended_holding",
+    "Requests that ended still holding a connection outside a transaction, "
+    "because a cursor opened on it was never closed.",
+    LABELS,
+)
+checked_out = Gauge(
+    "db_connections_checked_out", "Connections out of the pool now.", LABELS,
+    multiprocess_mode="livesum",
+)  # fmt: skip
+pool_connections = Gauge(
+    "db_pool_connections",
+    "Connections the pool holds, by state (idle, in_use), as of each worker's last request.",
+    (*LABELS, "state"),
+    multiprocess_mode="livesum",
+)
+pool_max_connections = Gauge(
+    "db_pool_max_connections", "The pools' maximum size, summed over workers.", LABELS,
+    multiprocess_mode="livesum",
+)  # fmt: skip
+
+
+def registry() -> CollectorRegistry:
+    """The registry to expose: every worker's values in multiprocess mode, else this process's."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    collecting = CollectorRegistry()
+    multiprocess.MultiProcessCollector(collecting)
+    return collecting

@@ -1,0 +1,95 @@
+"""Turn the engines' signals into Prometheus series and per-request usage."""
+
+from __future__ import annotations
+
+from django.core.signals import request_finished
+from django.db import connections
+from django.db.backends.base.base import NO_DB_ALIAS
+
+from apps.metrics import prometheus
+from apps.metrics.requests import Labels, current
+from backends import instrumentation
+
+
+def labels_of(wrapper) -> Labels | None:
+    if wrapper.alias == NO_DB_ALIAS:  # Django's short-lived maintenance connection
+        return None
+    return (wrapper.alias, wrapper.release_engine, wrapper.pool_name)
+
+
+def on_checkout(sender, connection, wait_seconds, **kwargs) -> None:
+    labels = labels_of(connection)
+    if labels is None:
+        return
+    prometheus.connection_wait.labels(*labels).observe(wait_seconds)
+    prometheus.checkouts.labels(*labels).inc()
+    prometheus.checked_out.labels(*labels).inc()
+    usage = current.get()
+    if usage is not None:
+        alias = usage.alias(labels)
+        alias.checkouts += 1
+        alias.wait_seconds += wait_seconds
+
+
+def on_return(sender, connection, hold_seconds, **kwargs) -> None:
+    labels = labels_of(connection)
+    if labels is None:
+        return
+    prometheus.connection_hold.labels(*labels).observe(hold_seconds)
+    prometheus.checked_out.labels(*labels).dec()
+    usage = current.get()
+    if usage is not None:
+        usage.alias(labels).hold_seconds += hold_seconds
+
+
+def on_timeout(sender, connection, wait_seconds, **kwargs) -> None:
+    labels = labels_of(connection)
+    if labels is None:
+        return
+    prometheus.pool_timeouts.labels(*labels).inc()
+    usage = current.get()
+    if usage is not None:
+        usage.alias(labels).wait_seconds += wait_seconds
+
+
+def on_leak(sender, connection, open_cursors, **kwargs) -> None:
+    labels = labels_of(connection)
+    usage = current.get()
+    if labels is not None and usage is not None:
+        usage.alias(labels).ended_holding = True
+
+
+def on_request_finished(sender, **kwargs) -> None:
+    """Sum the request up; runs after Django closed the request's connections."""
+    usage = current.get()
+    if usage is None:
+        return
+    current.set(None)
+    for labels, alias in usage.by_alias.items():
+        if alias.checkouts:
+            prometheus.request_hold.labels(*labels).observe(alias.hold_seconds)
+            prometheus.request_checkouts.labels(*labels).observe(alias.checkouts)
+        if alias.ended_holding:
+            prometheus.requests_ended_holding.labels(*labels).inc()
+    record_pool_usage()
+
+
+def record_pool_usage() -> None:
+    """Refresh the pool gauges from this worker's pools."""
+    for wrapper in connections.all(initialized_only=True):
+        labels = labels_of(wrapper)
+        if labels is None or not hasattr(wrapper, "pool_usage"):
+            continue
+        pool = wrapper.pool_usage()
+        prometheus.pool_connections.labels(*labels, "idle").set(pool.idle)
+        prometheus.pool_connections.labels(*labels, "in_use").set(pool.checked_out)
+        prometheus.pool_max_connections.labels(*labels).set(pool.max_size)
+
+
+def connect() -> None:
+    uid = "apps.metrics"
+    instrumentation.connection_checked_out.connect(on_checkout, dispatch_uid=f"{uid}.checkout")
+    instrumentation.connection_returned.connect(on_return, dispatch_uid=f"{uid}.return")
+    instrumentation.pool_timed_out.connect(on_timeout, dispatch_uid=f"{uid}.timeout")
+    instrumentation.cursor_leaked.connect(on_leak, dispatch_uid=f"{uid}.leak")
+    request_finished.connect(on_request_finished, dispatch_uid=f"{uid}.request_finished")

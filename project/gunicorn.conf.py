@@ -1,0 +1,69 @@
+"""gunicorn settings for the sample site (gthread workers), read from the environment.
+
+    GUNICORN_BIND     address to listen on            127.0.0.1:8000
+    GUNICORN_WORKERS  worker processes                2
+    GUNICORN_THREADS  threads per worker              8
+    GUNICORN_ACCESS_LOG  "1" to log every request     off
+
+Each worker opens its own connection pool after the fork (a pool's sockets and
+threads must never be shared with a forked child), and writes its metrics to
+PROMETHEUS_MULTIPROC_DIR so that /metrics adds all workers up.
+
+For ASGI, run the same file with uvicorn workers:
+    gunicorn -c project/gunicorn.conf.py -k uvicorn_worker.UvicornWorker project.asgi:application
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+wsgi_app = "project.wsgi:application"
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+worker_class = "gthread"
+timeout = 30
+graceful_timeout = 10
+accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") == "1" else None
+chdir = str(BASE_DIR)
+
+# One folder per address, so a release and a baseline site started from the same
+# checkout keep their numbers apart. Set here, in the master, before any worker
+# imports prometheus_client.
+_default_metrics_dir = BASE_DIR / ".metrics" / bind.replace(":", "_").replace("/", "_")
+metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_default_metrics_dir)))
+
+
+def on_starting(server):
+    # Values left by an earlier run would be added to this one's.
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    server.log.info("metrics of all workers in %s", metrics_dir)
+
+
+def post_fork(server, worker):
+    # With preload_app the master may have touched the database: drop whatever
+    # this child inherited so that it opens pools of its own.
+    if "django.db" in sys.modules:
+        from django.db import connections
+
+        for connection in connections.all(initialized_only=True):
+            connection.close()
+            if hasattr(connection, "close_pool"):
+                connection.close_pool()
+
+
+def worker_exit(server, worker):
+    if "django.db" in sys.modules:
+        from django.db import connections
+
+        connections.close_all()
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,157 @@
+"""Hold time made visible: /metrics, Server-Timing, the dashboard, probes and 503s."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import connections, transaction
+
+from tests.conftest import POOL, Worker
+from tests.metrics_helpers import sample_total
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ENGINE = "release" if settings.DB_RELEASE == "cursor" else "baseline"
+LABELS = {"alias": "default", "engine": ENGINE, "pool": POOL}
+
+
+@pytest.fixture(autouse=True)
+def no_connection_held_at_start():
+    # A real server closes leftover connections when a request starts; the test
+    # client does not, and test set-up may leave one checked out.
+    connections["default"].close()
+
+
+def scrape(client) -> str:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_a_database_request_carries_server_timing(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    timing = response["Server-Timing"]
+    assert re.search(r"db-hold;dur=\d+\.\d{3}", timing)
+    assert re.search(r"db-wait;dur=\d+\.\d{3}", timing)
+    assert 'db-checkouts;desc="1 checkout(s)"' in timing
+
+
+def test_a_request_without_queries_reports_no_checkouts(client):
+    response = client.get("/healthz")
+    assert response.json() == {"status": "ok"}
+    assert 'db-checkouts;desc="0 checkout(s)"' in response["Server-Timing"]
+
+
+def test_checkouts_hold_and_wait_are_recorded(client):
+    before = scrape(client)
+    for _ in range(3):
+        assert client.get("/readyz").status_code == 200
+    after = scrape(client)
+
+    def grew(name: str) -> float:
+        return sample_total(after, name, **LABELS) - sample_total(before, name, **LABELS)
+
+    assert grew("db_connection_checkouts_total") == 3
+    assert grew("db_connection_hold_seconds_count") == 3
+    assert grew("db_connection_hold_seconds_sum") > 0
+    assert grew("db_connection_wait_seconds_count") == 3
+    assert grew("db_request_hold_seconds_count") == 3
+    assert grew("db_request_checkouts_sum") == 3
+
+
+def test_pool_gauges_show_the_pool(client):
+    client.get("/readyz")
+    text = scrape(client)
+    assert sample_total(text, "db_pool_max_connections", **LABELS) == int(
+        settings.DATABASES["default"].get("OPTIONS", {}).get("pool", {}).get("max_size")
+        or settings.DATABASES["default"]["POOL_OPTIONS"]["POOL_SIZE"]
+    )
+    assert sample_total(text, "db_pool_connections", state="idle", **LABELS) >= 0
+    assert "db_connections_checked_out" in text
+
+
+def test_exhausted_pool_answers_503_with_retry_after(client, caplog):
+    max_size = connections["default"].pool_usage().max_size
+    holding, release = threading.Barrier(max_size + 1), threading.Event()
+
+    def hold_a_connection():
+        with transaction.atomic():
+            Group.objects.count()
+            holding.wait(5)
+            release.wait(10)
+
+    workers = [Worker(hold_a_connection, f"holder{i}") for i in range(max_size)]
+    for worker in workers:
+        worker.start()
+    before = scrape(client)
+    try:
+        holding.wait(5)
+        with caplog.at_level(logging.WARNING, logger="apps.metrics"):
+            response = client.get("/products/")
+    finally:
+        release.set()
+        for worker in workers:
+            worker.finish()
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert "every pooled connection is in use" in response.content.decode()
+    assert any("503 for GET /products/" in r.getMessage() for r in caplog.records)
+    timeouts = sample_total(scrape(client), "db_pool_timeouts_total", **LABELS)
+    assert timeouts == sample_total(before, "db_pool_timeouts_total", **LABELS) + 1
+
+
+def test_metrics_and_dashboard_are_refused_to_other_addresses(client):
+    for path in ("/metrics", "/pool/", "/pool/panel/"):
+        response = client.get(path, REMOTE_ADDR="203.0.113.9")
+        assert response.status_code == 403, path
+
+
+def test_metrics_can_be_opened_to_a_network(client, settings):
+    settings.METRICS_ALLOWED_IPS = ["10.0.0.0/8"]
+    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="192.168.1.1").status_code == 403
+
+
+def test_dashboard_draws_the_distributions(client):
+    client.get("/readyz")
+    page = client.get("/pool/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    for text in ("Checked out now", "Hold time per checkout", "Wait for a connection",
+                 "Checkouts per request", "Pool timeouts", "Leaked cursors", "<svg"):  # fmt: skip
+        assert text in html
+    assert ENGINE in html
+    panel = client.get("/pool/panel/").content.decode()
+    assert "<rect" in panel
+    assert "<html" not in panel
+
+
+def test_readyz_answers_503_when_no_connection_can_be_borrowed(client):
+    max_size = connections["default"].pool_usage().max_size
+    holding, release = threading.Barrier(max_size + 1), threading.Event()
+
+    def hold_a_connection():
+        with transaction.atomic():
+            Group.objects.count()
+            holding.wait(5)
+            release.wait(10)
+
+    workers = [Worker(hold_a_connection, f"holder{i}") for i in range(max_size)]
+    for worker in workers:
+        worker.start()
+    try:
+        holding.wait(5)
+        response = client.get("/readyz")
+    finally:
+        release.set()
+        for worker in workers:
+            worker.finish()
+    assert response.status_code == 503
+    assert response.json()["status"] == "unavailable"
