@@ -32,6 +32,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "backends",
+    "apps.metrics",
+    "apps.dashboard",
+    "apps.probes",
     "apps.catalog",
     "apps.customers",
     "apps.orders",
@@ -40,7 +43,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so it sees every query of the request (sessions and auth included).
+    "apps.metrics.middleware.DatabaseUsageMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -101,6 +107,10 @@ EXTERNAL_LATENCY_MS = env.int("EXTERNAL_LATENCY_MS", default=50)
 # Log the stack where a cursor that was never closed had been opened.
 DB_LEAK_DIAGNOSTICS = env.bool("DB_LEAK_DIAGNOSTICS", default=False)
 
+# /metrics and /pool/ reveal internals: only these client addresses or networks
+# may see them ("*" for anyone, e.g. inside a private container network).
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
@@ -110,6 +120,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
 LOGGING = {
     "version": 1,

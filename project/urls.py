@@ -3,6 +3,9 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("", include("apps.probes.urls")),
+    path("", include("apps.metrics.urls")),
+    path("", include("apps.dashboard.urls")),
     path("", include("apps.storefront.urls")),
     path("", include("apps.catalog.urls")),
     path("", include("apps.orders.urls")),
