@@ -83,7 +83,9 @@ def read_json_body(request: HttpRequest) -> object:
         raise ApiError(415, "Send the body as JSON with Content-Type: application/json.")
     try:
         return json.loads(request.body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError also covers a number too long to convert (over 4,300 digits);
+    # RecursionError, arrays nested thousands deep.
+    except (ValueError, RecursionError) as exc:
         raise ApiError(400, f"The body is not valid JSON: {exc}.") from exc
 
 

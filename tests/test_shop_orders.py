@@ -85,6 +85,8 @@ BAD_ORDERS = {
     "not JSON": ("{'customer': 1", 400, "not valid JSON"),
     "not UTF-8": (b"\xff\xfe{}", 400, "not valid JSON"),
     "a list": ("[]", 400, "Send an object"),
+    "a number too long to read": ('{"customer": 1' + "0" * 5000 + "}", 400, "not valid JSON"),
+    "nested too deep": ("[" * 100_000 + "]" * 100_000, 400, "not valid JSON"),
     "a number": ("42", 400, "Send an object"),
     "no lines": (lambda s: {"customer": s.ada.pk}, 400, "non-empty list"),
     "empty lines": (lambda s: {"customer": s.ada.pk, "lines": []}, 400, "non-empty list"),
@@ -217,7 +219,8 @@ def test_order_form_shows_the_product_from_the_link(client, shop):
 
 
 @pytest.mark.parametrize(
-    "query", ["product=abc", "product=-1", "product=99999999999999999999999", "product=٣"]
+    "query",
+    ["product=abc", "product=-1", "product=99999999999999999999999", "product=٣", "product=" + "9" * 5000],
 )
 def test_order_form_ignores_a_nonsense_product_link(client, shop, query):
     response = client.get(f"/orders/new/?{query}")
@@ -280,8 +283,9 @@ def test_order_form_refuses_other_methods(client):
     assert client.put("/orders/new/").status_code == 405
 
 
-def test_unknown_order_page_is_not_found(client):
-    assert client.get("/orders/W-NOSUCHORDER/").status_code == 404
+@pytest.mark.parametrize("number", ["W-NOSUCHORDER", "%00", "S-1%20OR%201=1", "x" * 500])
+def test_unknown_order_page_is_not_found(client, number):
+    assert client.get(f"/orders/{number}/").status_code == 404
 
 
 # Never overselling ---------------------------------------------------------------------------------

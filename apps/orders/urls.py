@@ -7,6 +7,7 @@ app_name = "orders"
 urlpatterns = [
     path("orders/new/", views.new_order, name="new"),
     path("orders/export.csv", views.export_csv, name="export-csv"),
-    path("orders/<str:number>/", views.order_detail, name="order-detail"),
+    # Order numbers are letters, digits and dashes ("W-1A2B3C4D5E6F", "S-00000042").
+    path("orders/<slug:number>/", views.order_detail, name="order-detail"),
     path("api/orders/", api.place, name="api-place"),
 ]

@@ -36,7 +36,8 @@ def new_order(request: HttpRequest) -> HttpResponse:
 def _product_from_query(request: HttpRequest) -> int | None:
     """?product=<id> from a product page's "Order this" link, if it is a plausible id."""
     value = request.GET.get("product", "")
-    if value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_ID:
+    # The length check first: int() refuses strings over 4,300 digits.
+    if value.isascii() and value.isdigit() and len(value) <= 19 and 1 <= int(value) <= MAX_ID:
         return int(value)
     return None
 
