@@ -30,10 +30,11 @@ from backends.pool import PoolExhausted
 logger = logging.getLogger("backends.leaks")
 
 # All sent with sender=the DatabaseWrapper class and connection=the DatabaseWrapper.
-connection_checked_out = Signal()  # wait_seconds
-connection_returned = Signal()  # hold_seconds
-pool_timed_out = Signal()  # wait_seconds
-cursor_leaked = Signal()  # open_cursors: closed with cursors still open, outside a transaction
+# Cached receiver lists: the release engines send two of these per query.
+connection_checked_out = Signal(use_caching=True)  # wait_seconds
+connection_returned = Signal(use_caching=True)  # hold_seconds
+pool_timed_out = Signal(use_caching=True)  # wait_seconds
+cursor_leaked = Signal(use_caching=True)  # open_cursors: closed with cursors open, outside a transaction
 
 
 class Checkout:

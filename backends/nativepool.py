@@ -46,6 +46,13 @@ class NativePoolMixin:
             pool._check = check_connection
         return pool
 
+    def _set_autocommit(self, autocommit: bool) -> None:
+        # Django sets autocommit on every checkout; a pooled connection usually
+        # already is in that mode, and psycopg's setter costs a microsecond or two
+        # even when nothing changes.
+        if self.connection.autocommit != autocommit:
+            super()._set_autocommit(autocommit)
+
     def _close(self) -> None:
         if self.connection is not None and self.pool is not None:
             health.mark_returned(self.connection)

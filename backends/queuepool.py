@@ -45,6 +45,11 @@ class QueuePoolMixin:
                 "use the native engine."
             )
 
+    def _set_autocommit(self, autocommit: bool) -> None:
+        # As in NativePoolMixin: skip psycopg's setter when nothing changes.
+        if self.connection.driver_connection.autocommit != autocommit:
+            super()._set_autocommit(autocommit)
+
     def _close(self) -> None:
         if self.connection is not None:
             health.mark_returned(self.connection.driver_connection)

@@ -31,7 +31,8 @@ def secret_key() -> str:
     return path.read_text().strip()
 
 
-def prepare(seed_size: str | None) -> None:
+def configure_environment() -> str:
+    """Point this process (and the ones it starts) at a database; return DATABASE_URL."""
     if not os.environ.get("DATABASE_URL"):
         from project import localdb
 
@@ -41,7 +42,11 @@ def prepare(seed_size: str | None) -> None:
         say("using the database at DATABASE_URL")
     os.environ.setdefault("DJANGO_SECRET_KEY", secret_key())
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    return os.environ["DATABASE_URL"]
 
+
+def prepare(seed_size: str | None) -> None:
+    """Migrate, seed and collect static files, in this process."""
     import django
     from django.core.management import call_command
 
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--asgi", action="store_true", help="serve project.asgi under uvicorn workers")
     args = parser.parse_args(argv)
 
+    configure_environment()
     prepare(None if args.seed == "none" else args.seed)
 
     bind = os.environ.setdefault("GUNICORN_BIND", "127.0.0.1:8000")

@@ -17,13 +17,34 @@ def labels_of(wrapper) -> Labels | None:
     return (wrapper.alias, wrapper.release_engine, wrapper.pool_name)
 
 
+class Series:
+    """The labelled children one alias writes to on every checkout, looked up once."""
+
+    def __init__(self, labels: Labels) -> None:
+        self.wait = prometheus.connection_wait.labels(*labels)
+        self.hold = prometheus.connection_hold.labels(*labels)
+        self.checkouts = prometheus.checkouts.labels(*labels)
+        self.checked_out = prometheus.checked_out.labels(*labels)
+
+
+_series: dict[Labels, Series] = {}
+
+
+def series(labels: Labels) -> Series:
+    found = _series.get(labels)
+    if found is None:
+        found = _series.setdefault(labels, Series(labels))
+    return found
+
+
 def on_checkout(sender, connection, wait_seconds, **kwargs) -> None:
     labels = labels_of(connection)
     if labels is None:
         return
-    prometheus.connection_wait.labels(*labels).observe(wait_seconds)
-    prometheus.checkouts.labels(*labels).inc()
-    prometheus.checked_out.labels(*labels).inc()
+    children = series(labels)
+    children.wait.observe(wait_seconds)
+    children.checkouts.inc()
+    children.checked_out.inc()
     usage = current.get()
     if usage is not None:
         alias = usage.alias(labels)
@@ -35,8 +56,9 @@ def on_return(sender, connection, hold_seconds, **kwargs) -> None:
     labels = labels_of(connection)
     if labels is None:
         return
-    prometheus.connection_hold.labels(*labels).observe(hold_seconds)
-    prometheus.checked_out.labels(*labels).dec()
+    children = series(labels)
+    children.hold.observe(hold_seconds)
+    children.checked_out.dec()
     usage = current.get()
     if usage is not None:
         usage.alias(labels).hold_seconds += hold_seconds
