@@ -7,6 +7,7 @@ import logging
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
+from apps.metrics import prometheus
 from apps.metrics.requests import RequestUsage, current
 from backends.pool import PoolExhausted
 
@@ -41,6 +42,7 @@ class DatabaseUsageMiddleware:
 
     def finish(self, response: HttpResponse, usage: RequestUsage) -> HttpResponse:
         response["Server-Timing"] = usage.server_timing()
+        prometheus.http_requests.labels(f"{response.status_code // 100}xx").inc()
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception):

@@ -60,6 +60,11 @@ requests_ended_holding = Counter(
     "because a cursor opened on it was never closed.",
     LABELS,
 )
+http_requests = Counter(
+    "http_requests",
+    "HTTP requests answered, by status class (2xx, 4xx, 5xx...), counted when the response leaves.",
+    ("status",),
+)
 checked_out = Gauge(
     "db_connections_checked_out", "Connections out of the pool now.", LABELS,
     multiprocess_mode="livesum",

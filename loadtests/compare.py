@@ -1,0 +1,270 @@
+"""Compare stock Django (baseline) with early release, side by side, under the same load.
+
+    python -m loadtests.compare [--scenarios raw,orm] [--duration 30] [--users 64] ...
+
+With nothing running and no Docker: starts the embedded PostgreSQL (or uses
+DATABASE_URL), migrates and seeds, then for each scenario serves the shop under
+gunicorn twice, one at a time, with the same configuration but DB_RELEASE
+(request = baseline, cursor = release), runs Locust headless against it for a
+bounded time, reads the server's own /metrics before and after, and stops
+everything it started. Writes report.json, report.md and report.html (with PNG
+charts) to --out (default reports/<timestamp>/) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from loadtests import measure, report
+from loadtests.locustfile import SCENARIOS
+from loadtests.site import BASE_DIR, Site, SiteConfig, StartError
+
+SIDES = {"baseline": "request", "release": "cursor"}
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.compare", description=__doc__.split("\n")[0])
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: %(default)s")
+    parser.add_argument("--duration", type=int, default=30, help="seconds of load per side (default 30)")
+    parser.add_argument("--users", type=int, default=64, help="concurrent Locust users (default 64)")
+    parser.add_argument("--pool-size", type=int, default=4, help="connections per worker (default 4)")
+    parser.add_argument("--threads", type=int, default=32, help="gunicorn threads per worker (default 32)")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (default 1)")
+    parser.add_argument("--external-latency-ms", type=int, default=50, help="simulated call (default 50)")
+    parser.add_argument("--pool", choices=["native", "dj_db_conn_pool"], default="native")
+    parser.add_argument("--port", type=int, default=8100, help="where the site listens (default 8100)")
+    parser.add_argument("--seed", default="small", help="seed size (default small)")
+    parser.add_argument("--overhead-rounds", type=int, default=20, help="0 skips the per-query benchmark")
+    parser.add_argument("--out", type=Path, help="report folder (default reports/<timestamp>/)")
+    args = parser.parse_args(argv)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    for name in ("duration", "users", "pool_size", "threads", "workers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.external_latency_ms < 0:
+        parser.error("--external-latency-ms cannot be negative")
+    if args.out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        args.out = BASE_DIR / "reports" / stamp
+    return args
+
+
+def prepare_database(seed: str) -> str:
+    """Database up, migrated, seeded, stock topped up; returns the customer id range."""
+    from project.serve import configure_environment, prepare
+
+    configure_environment()
+    prepare(seed)
+    from apps.catalog.models import Product
+    from apps.customers.models import Customer
+
+    # Orders decrement stock; top it up so every run sells from a full shelf.
+    Product.objects.update(stock=1_000_000)
+    ids = Customer.objects.order_by("pk").values_list("pk", flat=True)
+    if not ids:
+        raise StartError("the database has no customers: seeding failed")
+    from django.db import connections
+
+    connections.close_all()
+    return f"{ids.first()}-{ids.last()}"
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import django
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=BASE_DIR, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "commit": commit or None,
+    }
+
+
+class Sampler(threading.Thread):
+    """Reads /metrics every half second: the most connections out at once, and progress."""
+
+    def __init__(self, site: Site, label: str, duration: int, pool_size: int) -> None:
+        super().__init__(daemon=True)
+        self.site, self.label, self.duration, self.pool_size = site, label, duration, pool_size
+        self.max_checked_out = 0.0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        last_print, last_count = started, None
+        while not self.stopping.wait(0.5):
+            try:
+                scrape = measure.fetch(self.site.url, timeout=5)
+            except OSError:
+                continue
+            checked_out = scrape.total("db_connections_checked_out")
+            self.max_checked_out = max(self.max_checked_out, checked_out)
+            count = scrape.total("db_request_checkouts_count")
+            now = time.monotonic()
+            if last_count is not None and now - last_print >= 5:
+                rate = (count - last_count) / (now - last_print)
+                elapsed = min(self.duration, int(now - started))
+                say(
+                    f"  {self.label}: {elapsed}/{self.duration} s, {rate:.0f} req/s, "
+                    f"{checked_out:.0f}/{self.pool_size} connections checked out"
+                )
+                last_print, last_count = now, count
+            elif last_count is None:
+                last_count = count
+
+
+def run_locust(site: Site, scenario: str, args, out: Path, customers: str) -> dict:
+    prefix = out / "locust" / f"{scenario}-{site.config.release}"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "locust",
+        "-f", str(BASE_DIR / "loadtests" / "locustfile.py"), SCENARIOS[scenario],
+        "--headless", "--only-summary",
+        "-u", str(args.users), "-r", str(args.users), "-t", f"{args.duration}s",
+        "--stop-timeout", "5",
+        "--host", site.url,
+        "--csv", str(prefix), "--html", f"{prefix}.html",
+        "--loglevel", "WARNING",
+    ]  # fmt: skip
+    env = {**os.environ, "SHOP_CUSTOMER_IDS": customers}
+    result = subprocess.run(
+        command, cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=args.duration + 120
+    )
+    if result.returncode not in (0, 1):  # 1: the run had failures, which we report
+        raise StartError(f"locust failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    with open(f"{prefix}_stats.csv", newline="") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    return rows["Aggregated"]
+
+
+def one_side(scenario: str, side: str, args, customers: str) -> dict:
+    config = SiteConfig(
+        release=SIDES[side],
+        pool=args.pool,
+        pool_size=args.pool_size,
+        workers=args.workers,
+        threads=args.threads,
+        external_latency_ms=args.external_latency_ms,
+    )
+    label = f"{scenario}/{side}"
+    say(f"{label}: starting gunicorn ({args.workers}x{args.threads} threads, pool {args.pool_size})")
+    with Site(config, args.port, args.out) as site:
+        before = measure.fetch(site.url)
+        sampler = Sampler(site, label, args.duration, args.pool_size * args.workers)
+        sampler.start()
+        say(f"{label}: {args.users} users for {args.duration} s")
+        started = time.monotonic()
+        try:
+            locust = run_locust(site, scenario, args, args.out, customers)
+        finally:
+            # Requests still in flight when Locust stopped finish here; the
+            # server's counters see them, Locust does not.
+            time.sleep(args.external_latency_ms / 1000 + 1.0)
+            sampler.stopping.set()
+            sampler.join()
+        after = measure.fetch(site.url)
+        elapsed = time.monotonic() - started
+    window = measure.Window(before, after)
+    served = window.delta("db_request_checkouts_count")
+    return {
+        "rps": served / args.duration,
+        "requests": served,
+        "failures": int(locust["Failure Count"]),
+        "locust_requests": int(locust["Request Count"]),
+        "locust_rps": float(locust["Requests/s"]),
+        "latency_p50_ms": float(locust["50%"]),
+        "latency_p95_ms": float(locust["95%"]),
+        "latency_p99_ms": float(locust["99%"]),
+        "hold_mean_ms": ms(window.mean("db_connection_hold_seconds")),
+        "hold_p95_ms": ms(window.quantile("db_connection_hold_seconds", 0.95)),
+        "wait_mean_ms": ms(window.mean("db_connection_wait_seconds")),
+        "wait_p95_ms": ms(window.quantile("db_connection_wait_seconds", 0.95)),
+        "checkouts_per_request": ratio(
+            window.delta("db_request_checkouts_sum"), window.delta("db_request_checkouts_count")
+        ),
+        "request_hold_mean_ms": ms(window.mean("db_request_hold_seconds")),
+        "pool_timeouts": int(window.delta("db_pool_timeouts_total")),
+        "requests_ended_holding": int(window.delta("db_requests_ended_holding_total")),
+        "max_checked_out": int(sampler.max_checked_out),
+        "hold_distribution": window.distribution("db_connection_hold_seconds"),
+        "wall_seconds": round(elapsed, 1),
+    }
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        say(f"preparing the database (seed: {args.seed})")
+        customers = prepare_database(args.seed)
+        config = {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "thread_bound_rps": args.workers * args.threads * 1000 / max(args.external_latency_ms, 1),
+            "machine": machine(),
+        }
+        results: dict = {"config": config, "scenarios": {}}
+        for scenario in args.scenarios:
+            results["scenarios"][scenario] = {
+                side: one_side(scenario, side, args, customers) for side in SIDES
+            }
+            report.write(results, args.out)  # keep what is done if a later run fails
+        if args.overhead_rounds:
+            say(f"per-query overhead, one thread ({args.overhead_rounds} rounds per engine)")
+            from loadtests import overhead
+
+            measured = overhead.measure([args.pool], queries=100, rounds=args.overhead_rounds)
+            results["overhead"] = overhead.as_json(measured)
+    except StartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: everything this run started has been stopped", file=sys.stderr)
+        return 130
+    report.write(results, args.out)
+    print()
+    print(report.markdown(results))
+    say(f"report written to {args.out}/ (report.md, report.html, report.json, *.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,115 @@
+"""Start the sample site under gunicorn for one side of a comparison, and stop it again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+class StartError(RuntimeError):
+    """The site could not be started; the message says why."""
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    release: str  # "cursor" or "request"
+    pool: str
+    pool_size: int
+    workers: int
+    threads: int
+    external_latency_ms: int
+
+
+def ensure_port_free(port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise StartError(
+                f"port {port} on 127.0.0.1 is taken ({exc.strerror}): stop what runs there, "
+                "or choose another with --port"
+            ) from None
+
+
+class Site:
+    """One gunicorn serving the shop with `config`, on 127.0.0.1:`port`."""
+
+    def __init__(self, config: SiteConfig, port: int, workdir: Path) -> None:
+        self.config = config
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.workdir = workdir
+        self.process: subprocess.Popen | None = None
+        self.log_path = workdir / f"gunicorn-{config.release}-{port}.log"
+
+    def start(self, timeout: float = 60) -> None:
+        ensure_port_free(self.port)
+        metrics_dir = self.workdir / f"metrics-{self.port}"
+        env = {
+            **os.environ,
+            "DB_RELEASE": self.config.release,
+            "DB_POOL": self.config.pool,
+            "DB_POOL_MIN_SIZE": str(self.config.pool_size),
+            "DB_POOL_MAX_SIZE": str(self.config.pool_size),
+            "EXTERNAL_LATENCY_MS": str(self.config.external_latency_ms),
+            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+            "GUNICORN_WORKERS": str(self.config.workers),
+            "GUNICORN_THREADS": str(self.config.threads),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            "DJANGO_LOG_LEVEL": "WARNING",
+        }
+        command = [sys.executable, "-m", "gunicorn", "-c", str(BASE_DIR / "project" / "gunicorn.conf.py")]
+        log = self.log_path.open("w")
+        # A session of its own, so stop() can end gunicorn and its workers together.
+        self.process = subprocess.Popen(
+            command, cwd=BASE_DIR, env=env, stdout=log, stderr=log, start_new_session=True
+        )
+        self._wait_until_ready(timeout)
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StartError(f"gunicorn exited at start; its log:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)
+        self.stop()
+        raise StartError(f"the site on {self.url} was not ready within {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+
+    def __enter__(self) -> Site:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
