@@ -1,13 +1,13 @@
 # Everything runs from a project-local virtualenv; the first target that needs it creates it.
 PYTHON ?= python3
 VENV   ?= .venv
-EXTRAS ?= dev,dj-db-conn-pool,load,asgi
+EXTRAS ?= local,dev,dj-db-conn-pool,load,asgi
 # An extra requirement for the install, e.g. DJANGO="Django>=6,<6.2"
 DJANGO ?=
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run test test-native test-dj-db-conn-pool lint db-start db-stop db-status db-reset clean
+.PHONY: install demo overhead run test test-native test-dj-db-conn-pool lint db-start db-stop db-status db-reset clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) with $(PYTHON) and installing the project"
@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The A/B demonstration (falls back to serving the site until the load tools exist).
-demo: run
+## The A/B demonstration: baseline against release under Locust, report in reports/.
+demo: install
+	@$(BIN)/python -m loadtests.compare $(COMPARE_ARGS)
+
+## Per-query cost of release, one thread.
+overhead: install
+	@$(BIN)/python -m loadtests.overhead
 
 ## Serve the sample site under gunicorn on the embedded PostgreSQL (or DATABASE_URL).
 run: install

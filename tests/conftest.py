@@ -100,3 +100,21 @@ class Worker(threading.Thread):
         self.join(timeout)
         assert not self.is_alive(), f"{self.name} did not finish in {timeout}s"
         return self.result
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Start the site under real gunicorn (project/gunicorn.conf.py) on the test database."""
+    from tests.servers import Gunicorn
+
+    servers: list[Gunicorn] = []
+
+    def start(*extra: str, workers: int = 2, env: dict | None = None) -> Gunicorn:
+        server = Gunicorn(tmp_path, *extra, workers=workers, env=env)
+        servers.append(server)
+        server.wait_until_up()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -2,106 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from urllib.parse import quote
 
 import pytest
-from django.db import connections
 
 from tests.conftest import POOL
 from tests.metrics_helpers import sample_total
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.servers import get
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def database_url_for_tests() -> str:
-    s = connections["default"].settings_dict
-    password = f":{quote(s['PASSWORD'], safe='')}" if s["PASSWORD"] else ""
-    return f"postgres://{s['USER']}{password}@{quote(s['HOST'], safe='')}:{s['PORT']}/{s['NAME']}"
-
-
-def get(url: str, timeout: float = 10) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-class Gunicorn:
-    def __init__(self, tmp_path: Path, *extra: str, workers: int = 2) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.metrics_dir = tmp_path / "metrics"
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url_for_tests(),
-            "DB_POOL": POOL,
-            "DJANGO_SETTINGS_MODULE": "project.settings",
-            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
-            "GUNICORN_WORKERS": str(workers),
-            "GUNICORN_THREADS": "4",
-            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
-        }
-        command = [sys.executable, "-m", "gunicorn", "-c", "project/gunicorn.conf.py", *extra]
-        self.log = (tmp_path / "gunicorn.log").open("w+")
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=self.log)
-
-    def wait_until_up(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.output()
-            try:
-                if get(f"{self.base}/healthz", timeout=1)[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError(f"gunicorn did not answer in {timeout}s\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=20)
-        self.log.close()
-
-
-@pytest.fixture
-def serve(tmp_path):
-    servers: list[Gunicorn] = []
-
-    def start(*extra: str, workers: int = 2) -> Gunicorn:
-        server = Gunicorn(tmp_path, *extra, workers=workers)
-        servers.append(server)
-        server.wait_until_up()
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
 def test_two_gunicorn_workers_add_up_in_metrics(serve):
-    server = serve(workers=2)
+    server = serve(workers=2, env={"DB_POOL": POOL})
 
     def worker_pids() -> set[str]:
         # Each worker writes its values to files named after its pid.
@@ -124,7 +37,9 @@ def test_two_gunicorn_workers_add_up_in_metrics(serve):
 
 
 def test_asgi_entry_runs_under_uvicorn_workers(serve):
-    server = serve("-k", "uvicorn_worker.UvicornWorker", "project.asgi:application", workers=1)
+    server = serve(
+        "-k", "uvicorn_worker.UvicornWorker", "project.asgi:application", workers=1, env={"DB_POOL": POOL}
+    )
     status, body = get(f"{server.base}/readyz")
     assert status == 200
     assert '"status": "ok"' in body
