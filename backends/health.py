@@ -43,6 +43,8 @@ def _socket_has_data(dbapi_connection) -> bool:
         fd = dbapi_connection.fileno()
     except Exception:  # closed or broken: let the ping decide
         return True
+    if not hasattr(select, "poll"):  # Windows
+        return bool(select.select([fd], [], [], 0)[0])
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLPRI)
     return bool(poller.poll(0))

@@ -16,6 +16,7 @@ Prometheus series and a per-request summary.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import traceback
 from time import perf_counter
@@ -67,7 +68,10 @@ class CountedCursorMixin:
             self.cursor.close()
         finally:
             checkout, self.checkout = self.checkout, None
-            if checkout is not None:  # a second close() counts once
+            # A second close() counts once. A close from another thread (a
+            # finalizer) leaves the count alone: the connection then stays out
+            # until its owner closes it, which is safe.
+            if checkout is not None and self.db._thread_ident == _thread.get_ident():
                 checkout.open_cursors -= 1
                 checkout.opened_at.pop(id(self), None)
                 self.db.cursor_closed(checkout)
@@ -114,8 +118,11 @@ class InstrumentedMixin:
         # No checkout while connect() configures the connection: the cursors it
         # opens, and the autocommit it switches on, are not the caller's.
         self.checkout = None
-        super().connect()
-        self.checkout = Checkout()
+        try:
+            super().connect()
+        finally:
+            if self.connection is not None:
+                self.checkout = Checkout()
 
     def make_cursor(self, cursor):
         return CountedCursorWrapper(cursor, self)
@@ -127,12 +134,18 @@ class InstrumentedMixin:
         """A cursor of `checkout` closed; the release engines act on it."""
 
     def close(self) -> None:
-        checkout, self.checkout = self.checkout, None
-        if checkout is not None and checkout.open_cursors and not self.in_atomic_block:
+        checkout = self.checkout
+        if (
+            checkout is not None
+            and self.connection is not None
+            and checkout.open_cursors
+            and not self.in_atomic_block
+        ):
             self.report_leaked_cursors(checkout)
         super().close()
 
     def _close(self) -> None:
+        self.checkout = None  # cursors still open belong to a checkout that is over
         checked_out_at, self.checked_out_at = self.checked_out_at, None
         try:
             super()._close()

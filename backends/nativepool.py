@@ -14,7 +14,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImproperlyConfigured("Error loading psycopg_pool. Did you install psycopg[pool]?") from exc
 
 
-def check_connection(conn) -> None:
+def ping_if_needed(conn) -> None:
     """psycopg_pool ``check`` callback: ping only when the connection may be dead."""
     if health.needs_ping(conn):
         ConnectionPool.check_connection(conn)
@@ -43,7 +43,7 @@ class NativePoolMixin:
         # CONN_HEALTH_CHECKS is on; psycopg_pool only takes `check` in its
         # constructor, so swap in the cheaper check once the pool exists.
         if pool is not None and pool._check is ConnectionPool.check_connection:
-            pool._check = check_connection
+            pool._check = ping_if_needed
         return pool
 
     def _set_autocommit(self, autocommit: bool) -> None:

@@ -62,7 +62,8 @@ class QueuePoolMixin:
 
     def pool_usage(self) -> PoolUsage:
         pool = self.queue_pool
-        options = {k.lower(): v for k, v in self.settings_dict.get("POOL_OPTIONS", {}).items()}
+        # django-db-connection-pool honours upper-case keys only.
+        options = {k.lower(): v for k, v in self.settings_dict.get("POOL_OPTIONS", {}).items() if k.isupper()}
         defaults = pool_container.pool_default_params
         max_size = options.get("pool_size", defaults["pool_size"]) + options.get(
             "max_overflow", defaults["max_overflow"]

@@ -36,17 +36,24 @@ class ConnectionReleaseMixin:
         super().cursor_closed(checkout)
         self.release_if_idle(checkout)
 
-    def set_autocommit(self, autocommit, force_begin_transaction_with_broken_autocommit=False):
-        super().set_autocommit(
-            autocommit,
-            force_begin_transaction_with_broken_autocommit=force_begin_transaction_with_broken_autocommit,
-        )
-        # Autocommit back on: the outermost atomic() block has committed or
-        # rolled back and its on_commit hooks have run (inside the call above,
-        # with the connection still live). Inside connect() there is no
-        # checkout yet, so switching autocommit on there releases nothing.
-        if autocommit:
-            self.release_if_idle(self.checkout)
+    def set_autocommit(self, autocommit, *args, **kwargs):
+        try:
+            super().set_autocommit(autocommit, *args, **kwargs)
+        finally:
+            # Autocommit back on: the outermost atomic() block has committed or
+            # rolled back and its on_commit hooks have run (inside the call
+            # above, with the connection still live; if one raised, the
+            # transaction is over all the same). Inside connect() there is no
+            # checkout yet, so switching autocommit on there releases nothing.
+            if autocommit and self.autocommit:
+                self.release_if_idle(self.checkout)
+
+    def get_autocommit(self):
+        # Nothing borrowed: the next connection will be in the configured mode,
+        # so don't borrow one only to answer (on_commit() outside atomic() asks).
+        if self.connection is None and not self.in_atomic_block:
+            return self.settings_dict["AUTOCOMMIT"]
+        return super().get_autocommit()
 
     def release_if_idle(self, checkout: Checkout | None) -> None:
         if (
@@ -56,8 +63,8 @@ class ConnectionReleaseMixin:
             and checkout.open_cursors == 0
             and not self.in_atomic_block
             and self.autocommit
-            # Only the owning thread gives the connection back, never a
-            # garbage-collector run or a finalizer in some other thread.
+            # Only the owning thread gives the connection back: a finalizer or a
+            # garbage-collector run in another thread never does.
             and self._thread_ident == _thread.get_ident()
         ):
             self.close()

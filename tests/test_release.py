@@ -20,6 +20,10 @@ def end_of_request() -> None:
     request_finished.send(sender=None)
 
 
+# Django 6.1 renamed transaction.savepoint() to savepoint_create().
+savepoint_create = getattr(transaction, "savepoint_create", transaction.savepoint)
+
+
 def group_names(alias: str) -> set[str]:
     return set(Group.objects.using(alias).values_list("name", flat=True))
 
@@ -147,7 +151,7 @@ def test_explicit_savepoints_behave_as_in_stock_django(database):
     alias = database()
     with transaction.atomic(using=alias):
         Group.objects.using(alias).create(name="kept")
-        sid = transaction.savepoint(using=alias)
+        sid = savepoint_create(using=alias)
         Group.objects.using(alias).create(name="undone")
         transaction.savepoint_rollback(sid, using=alias)
         assert holding(alias)
@@ -186,6 +190,28 @@ def test_on_commit_hook_never_runs_after_rollback(database):
         Group.objects.using(alias).create(name="later")
     assert calls == []
     assert not holding(alias)
+
+
+def test_on_commit_outside_a_transaction_runs_at_once_without_borrowing(database):
+    alias = database()
+    calls = []
+    transaction.on_commit(lambda: calls.append(holding(alias)), using=alias)
+    assert calls == [False], "the hook ran at once, and nothing was borrowed for it"
+    assert not holding(alias)
+
+
+def test_a_failing_on_commit_hook_still_gives_the_connection_back(database):
+    alias = database()
+
+    def broken_hook():
+        raise RuntimeError("hook failed")
+
+    with pytest.raises(RuntimeError, match="hook failed"), transaction.atomic(using=alias):
+        Group.objects.using(alias).create(name="committed-anyway")
+        transaction.on_commit(broken_hook, using=alias)
+
+    assert not holding(alias)
+    assert group_names(alias) == {"committed-anyway"}
 
 
 def test_manual_transaction_holds_the_connection_until_autocommit_is_back(database):
