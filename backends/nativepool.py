@@ -38,12 +38,17 @@ class NativePoolMixin:
 
     @property
     def pool(self):
-        pool = super().pool
-        # Django builds the pool with a ping on every checkout when
-        # CONN_HEALTH_CHECKS is on; psycopg_pool only takes `check` in its
-        # constructor, so swap in the cheaper check once the pool exists.
-        if pool is not None and pool._check is ConnectionPool.check_connection:
-            pool._check = ping_if_needed
+        # Read several times per checkout, so keep it once it exists.
+        pool = self.__dict__.get("_open_pool")
+        if pool is None:
+            pool = super().pool
+            if pool is not None:
+                # Django builds the pool with a ping on every checkout when
+                # CONN_HEALTH_CHECKS is on; psycopg_pool only takes `check` in
+                # its constructor, so swap in the cheaper check.
+                if pool._check is ConnectionPool.check_connection:
+                    pool._check = ping_if_needed
+                self._open_pool = pool
         return pool
 
     def _set_autocommit(self, autocommit: bool) -> None:
@@ -68,6 +73,7 @@ class NativePoolMixin:
         )
 
     def close_pool(self) -> None:
+        self.__dict__.pop("_open_pool", None)
         # Django's close_pool() also runs on every time-zone change in tests.
         if self.alias in self._connection_pools:
             super().close_pool()

@@ -24,9 +24,13 @@ import threading
 import time
 from pathlib import Path
 
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
+
 from loadtests import measure, report
-from loadtests.locustfile import SCENARIOS
-from loadtests.site import BASE_DIR, Site, SiteConfig, StartError
+from loadtests.scenarios import SCENARIOS
+from loadtests.site import BASE_DIR, Site, SiteConfig, StartError, ensure_port_free
 
 SIDES = {"baseline": "request", "release": "cursor"}
 
@@ -46,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--external-latency-ms", type=int, default=50, help="simulated call (default 50)")
     parser.add_argument("--pool", choices=["native", "dj_db_conn_pool"], default="native")
     parser.add_argument("--port", type=int, default=8100, help="where the site listens (default 8100)")
-    parser.add_argument("--seed", default="small", help="seed size (default small)")
+    parser.add_argument("--seed", default="small", help="seed size, or 'none' (default small)")
     parser.add_argument("--overhead-rounds", type=int, default=20, help="0 skips the per-query benchmark")
     parser.add_argument("--out", type=Path, help="report folder (default reports/<timestamp>/)")
     args = parser.parse_args(argv)
@@ -70,7 +74,7 @@ def prepare_database(seed: str) -> str:
     from project.serve import configure_environment, prepare
 
     configure_environment()
-    prepare(seed)
+    prepare(None if seed == "none" else seed)
     from apps.catalog.models import Product
     from apps.customers.models import Customer
 
@@ -78,7 +82,7 @@ def prepare_database(seed: str) -> str:
     Product.objects.update(stock=1_000_000)
     ids = Customer.objects.order_by("pk").values_list("pk", flat=True)
     if not ids:
-        raise StartError("the database has no customers: seeding failed")
+        raise StartError("the database has no customers to place orders: seed it (--seed small)")
     from django.db import connections
 
     connections.close_all()
@@ -228,10 +232,28 @@ def ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
+def embedded_server_running() -> bool:
+    if os.environ.get("DATABASE_URL"):
+        return False
+    from project.localdb import LocalDatabase
+
+    return LocalDatabase().running_server() is not None
+
+
+def stop_embedded_server() -> None:
+    from project.localdb import LocalDatabase
+
+    if LocalDatabase().stop():
+        say("stopped the embedded PostgreSQL this run started")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    # Leave the machine as we found it: stop the embedded server if this run starts it.
+    started_database = not os.environ.get("DATABASE_URL") and not embedded_server_running()
     try:
+        ensure_port_free(args.port)  # before starting anything
         say(f"preparing the database (seed: {args.seed})")
         customers = prepare_database(args.seed)
         config = {
@@ -251,12 +273,17 @@ def main(argv: list[str] | None = None) -> int:
 
             measured = overhead.measure([args.pool], queries=100, rounds=args.overhead_rounds)
             results["overhead"] = overhead.as_json(measured)
-    except StartError as exc:
+    except (StartError, ImproperlyConfigured) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: everything this run started has been stopped", file=sys.stderr)
         return 130
+    finally:
+        if settings.configured:
+            connections.close_all()
+        if started_database:
+            stop_embedded_server()
     report.write(results, args.out)
     print()
     print(report.markdown(results))

@@ -21,14 +21,6 @@ import urllib.request
 
 from locust import FastHttpUser, constant, events, tag, task
 
-SCENARIOS = {
-    "orm": "OrmUser",
-    "raw": "RawUser",
-    "mixed": "MixedUser",
-    "atomic": "AtomicUser",
-    "leaky": "LeakyUser",
-}
-
 product_ids: list[int] = []
 
 

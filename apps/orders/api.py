@@ -17,10 +17,10 @@ from apps.orders.services import OrderRefused, Wanted, order_json, place_order
 def place(request: HttpRequest) -> JsonResponse:
     customer, wanted = parse_order(read_json_body(request))
     try:
-        order = place_order(customer, wanted)
+        order, lines = place_order(customer, wanted)
     except OrderRefused as refusal:
         raise ApiError(refusal.status, refusal.message, **refusal.details) from None
-    return JsonResponse(order_json(order), status=201)
+    return JsonResponse(order_json(order, lines), status=201)
 
 
 def parse_order(body: object) -> tuple[int, list[Wanted]]:

@@ -20,7 +20,7 @@ def new_order(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             data = form.cleaned_data
             try:
-                order = place_order(data["customer"], [Wanted(data["product"], data["quantity"])])
+                order, _ = place_order(data["customer"], [Wanted(data["product"], data["quantity"])])
             except OrderRefused as refusal:
                 form.add_error(None, refusal.message)
                 status = refusal.status

@@ -1,0 +1,9 @@
+"""The Locust scenarios by name, and the user class that plays each (loadtests/locustfile.py)."""
+
+SCENARIOS = {
+    "orm": "OrmUser",  # ORM product page, then a slow external call
+    "raw": "RawUser",  # raw SQL (`with connection.cursor()`), then the call
+    "mixed": "MixedUser",  # a shop: browsing, raw reports, orders, exports
+    "atomic": "AtomicUser",  # write transactions only: release gains nothing
+    "leaky": "LeakyUser",  # a raw cursor never closed: release cannot help
+}

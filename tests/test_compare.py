@@ -1,0 +1,89 @@
+"""The A/B comparison runner, end to end on the test database (a short, small run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from tests.conftest import POOL
+from tests.servers import ROOT, database_url_for_tests, free_port
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(POOL != "native", reason="the runner picks its pool itself (--pool); run once"),
+]
+
+METRIC_KEYS = {
+    "rps", "failures", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "hold_mean_ms",
+    "hold_p95_ms", "wait_mean_ms", "wait_p95_ms", "checkouts_per_request", "pool_timeouts",
+    "max_checked_out",
+}  # fmt: skip
+
+
+def compare(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["DATABASE_URL"] = database_url_for_tests()
+    return subprocess.run(
+        [sys.executable, "-m", "loadtests.compare", "--out", str(tmp_path / "report"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def gunicorns_started_by(pid: int) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if "gunicorn" in " ".join(p.info["cmdline"] or [])
+            and str(ROOT) in " ".join(p.info["cmdline"] or []) and p.pid != pid]  # fmt: skip
+
+
+def test_a_short_run_writes_the_three_reports_and_prints_the_table(tmp_path):
+    port = free_port()
+    result = compare(
+        tmp_path, "--scenarios", "raw", "--duration", "3", "--users", "4", "--threads", "4",
+        "--external-latency-ms", "20", "--overhead-rounds", "1", "--port", str(port), "--seed", "small",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    sides = report["scenarios"]["raw"]
+    for side in ("baseline", "release"):
+        assert sides[side].keys() >= METRIC_KEYS
+        assert sides[side]["rps"] > 0
+        assert sides[side]["failures"] == 0
+    assert sides["release"]["hold_mean_ms"] < sides["baseline"]["hold_mean_ms"]
+    assert report["config"]["thread_bound_rps"] == 4 * 1000 / 20
+    assert "native" in report["overhead"]
+    for name in ("report.md", "report.html", "throughput.png", "latency.png", "hold.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0, name
+    assert "| throughput (req/s) |" in result.stdout
+    assert "report written to" in result.stdout
+    assert gunicorns_started_by(os.getpid()) == [], "the runner stopped the sites it started"
+
+
+def test_a_taken_port_is_reported_and_nothing_is_left_running(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = compare(tmp_path, "--scenarios", "raw", "--duration", "2", "--port", str(port),
+                         "--seed", "none", "--overhead-rounds", "0")  # fmt: skip
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is taken" in result.stderr
+    assert gunicorns_started_by(os.getpid()) == []
+
+
+def test_bad_options_are_refused_with_the_choices():
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtests.compare", "--scenarios", "raw,turbo"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "unknown scenario(s) turbo" in result.stderr
