@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from apps.dashboard.snapshot import Distribution
 
-WIDTH, HEIGHT, LABEL_SPACE = 560, 150, 34
+WIDTH, HEIGHT, LABEL_SPACE = 560, 160, 42
+LEFT = 22  # room for the first, slanted axis label
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,10 @@ class Bar:
     height: float
     count: int
     label: str
+
+    @property
+    def middle(self) -> float:
+        return self.x + self.width / 2
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -33,25 +38,34 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def format_count(value: float | None) -> str:
-    return "–" if value is None else ("∞" if math.isinf(value) else f"{value:g}")
+    return "–" if value is None else ("∞" if math.isinf(value) else f"{value:.3g}")
 
 
-def bars(dist: Distribution, label=format_seconds) -> list[Bar]:
+def short_seconds(seconds: float) -> str:
+    """A bucket bound for an axis label: 100µs, 2.5ms, 1s."""
+    if seconds < 0.001:
+        return f"{seconds * 1_000_000:g}µs"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
+
+
+def bars(dist: Distribution, label=short_seconds) -> list[Bar]:
     if not dist.bounds:
         return []
     tallest = max(dist.counts) or 1
-    slot = WIDTH / len(dist.bounds)
+    slot = (WIDTH - LEFT) / len(dist.bounds)
     drawn = []
     for i, (bound, count) in enumerate(zip(dist.bounds, dist.counts, strict=True)):
         height = (HEIGHT - LABEL_SPACE) * count / tallest
         drawn.append(
             Bar(
-                x=i * slot + 2,
+                x=LEFT + i * slot + 2,
                 y=HEIGHT - LABEL_SPACE - height,
                 width=slot - 4,
                 height=height,
                 count=int(count),
-                label=("≤ " + label(bound)) if not math.isinf(bound) else "more",
+                label=("≤" + label(bound)) if not math.isinf(bound) else "more",
             )
         )
     return drawn

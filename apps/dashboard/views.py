@@ -16,13 +16,13 @@ def _context() -> dict:
     snap = snapshot.take()
     panels = [
         ("Hold time per checkout", "From borrowing a connection to giving it back.",
-         snap.hold, charts.format_seconds),
+         snap.hold, charts.format_seconds, charts.short_seconds),
         ("Wait for a connection", "Time spent in the pool asking for one.",
-         snap.wait, charts.format_seconds),
+         snap.wait, charts.format_seconds, charts.short_seconds),
         ("Hold time per request", "All checkouts of one request, added up.",
-         snap.request_hold, charts.format_seconds),
+         snap.request_hold, charts.format_seconds, charts.short_seconds),
         ("Checkouts per request", "How often one request borrowed a connection.",
-         snap.request_checkouts, charts.format_count),
+         snap.request_checkouts, charts.format_count, charts.format_count),
     ]  # fmt: skip
     return {
         "snap": snap,
@@ -30,16 +30,16 @@ def _context() -> dict:
             {
                 "title": title,
                 "help": help_text,
-                "bars": charts.bars(dist, label),
+                "bars": charts.bars(dist, axis_label),
                 "count": int(dist.total),
                 "mean": label(dist.mean),
                 "p95": label(dist.quantile(0.95)),
             }
-            for title, help_text, dist, label in panels
+            for title, help_text, dist, label, axis_label in panels
         ],
         "width": charts.WIDTH,
         "height": charts.HEIGHT,
-        "label_y": charts.HEIGHT - charts.LABEL_SPACE + 14,
+        "label_y": charts.HEIGHT - charts.LABEL_SPACE + 10,
         "refresh_seconds": REFRESH_SECONDS,
     }
 
