@@ -70,23 +70,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def prepare_database(seed: str) -> str:
-    """Database up, migrated, seeded, stock topped up; returns the customer id range."""
+    """Database up, migrated and seeded; returns the customer id range for orders."""
     from project.serve import configure_environment, prepare
 
     configure_environment()
     prepare(None if seed == "none" else seed)
-    from apps.catalog.models import Product
     from apps.customers.models import Customer
 
-    # Orders decrement stock; top it up so every run sells from a full shelf.
-    Product.objects.update(stock=1_000_000)
     ids = Customer.objects.order_by("pk").values_list("pk", flat=True)
     if not ids:
         raise StartError("the database has no customers to place orders: seed it (--seed small)")
-    from django.db import connections
-
+    customers = f"{ids.first()}-{ids.last()}"
     connections.close_all()
-    return f"{ids.first()}-{ids.last()}"
+    return customers
+
+
+def reset_shop() -> None:
+    """The same data for every run: orders placed by earlier runs go, stock is topped up.
+
+    Without this, each run would export and report over more orders than the one
+    before, and the second side of a comparison would work harder than the first.
+    """
+    from apps.catalog.models import Product
+    from apps.orders.models import Order
+
+    Order.objects.exclude(number__startswith="S-").delete()  # seeded orders are S-00000000...
+    Product.objects.update(stock=1_000_000)
+    connections.close_all()
 
 
 def machine() -> dict:
@@ -180,6 +190,7 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
         external_latency_ms=args.external_latency_ms,
     )
     label = f"{scenario}/{side}"
+    reset_shop()
     say(f"{label}: starting gunicorn ({args.workers}x{args.threads} threads, pool {args.pool_size})")
     with Site(config, args.port, args.out) as site:
         before = measure.fetch(site.url)
