@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from contextlib import contextmanager
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import connections, transaction
 
+from loadtests.measure import Scrape
 from tests.conftest import POOL, Worker
-from tests.metrics_helpers import sample_total
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,6 +26,34 @@ def no_connection_held_at_start():
     # A real server closes leftover connections when a request starts; the test
     # client does not, and test set-up may leave one checked out.
     connections["default"].close()
+
+
+@contextmanager
+def every_connection_taken():
+    """Other threads hold every connection of the default pool, each in a transaction."""
+    max_size = connections["default"].pool_usage().max_size
+    holding, release = threading.Barrier(max_size + 1), threading.Event()
+
+    def hold_a_connection():
+        with transaction.atomic():
+            Group.objects.count()
+            holding.wait(5)
+            release.wait(10)
+
+    workers = [Worker(hold_a_connection, f"holder{i}") for i in range(max_size)]
+    for worker in workers:
+        worker.start()
+    try:
+        holding.wait(5)
+        yield
+    finally:
+        release.set()
+        for worker in workers:
+            worker.finish()
+
+
+def sample_total(text: str, name: str, **labels: str) -> float:
+    return Scrape.parse(text).total(name, **labels)
 
 
 def scrape(client) -> str:
@@ -77,27 +106,9 @@ def test_pool_gauges_show_the_pool(client):
 
 
 def test_exhausted_pool_answers_503_with_retry_after(client, caplog):
-    max_size = connections["default"].pool_usage().max_size
-    holding, release = threading.Barrier(max_size + 1), threading.Event()
-
-    def hold_a_connection():
-        with transaction.atomic():
-            Group.objects.count()
-            holding.wait(5)
-            release.wait(10)
-
-    workers = [Worker(hold_a_connection, f"holder{i}") for i in range(max_size)]
-    for worker in workers:
-        worker.start()
     before = scrape(client)
-    try:
-        holding.wait(5)
-        with caplog.at_level(logging.WARNING, logger="apps.metrics"):
-            response = client.get("/products/")
-    finally:
-        release.set()
-        for worker in workers:
-            worker.finish()
+    with every_connection_taken(), caplog.at_level(logging.WARNING, logger="apps.metrics"):
+        response = client.get("/products/")
 
     assert response.status_code == 503
     assert response["Retry-After"] == "1"
@@ -134,24 +145,7 @@ def test_dashboard_draws_the_distributions(client):
 
 
 def test_readyz_answers_503_when_no_connection_can_be_borrowed(client):
-    max_size = connections["default"].pool_usage().max_size
-    holding, release = threading.Barrier(max_size + 1), threading.Event()
-
-    def hold_a_connection():
-        with transaction.atomic():
-            Group.objects.count()
-            holding.wait(5)
-            release.wait(10)
-
-    workers = [Worker(hold_a_connection, f"holder{i}") for i in range(max_size)]
-    for worker in workers:
-        worker.start()
-    try:
-        holding.wait(5)
+    with every_connection_taken():
         response = client.get("/readyz")
-    finally:
-        release.set()
-        for worker in workers:
-            worker.finish()
     assert response.status_code == 503
     assert response.json()["status"] == "unavailable"

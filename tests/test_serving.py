@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from loadtests.measure import Scrape
 from tests.conftest import POOL
-from tests.metrics_helpers import sample_total
 from tests.servers import get
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,9 +31,9 @@ def test_two_gunicorn_workers_add_up_in_metrics(serve):
 
     status, text = get(f"{server.base}/metrics")
     assert status == 200
-    assert sample_total(text, "db_connection_checkouts_total", alias="default") == sent
-    assert sample_total(text, "db_connection_hold_seconds_count", alias="default") == sent
-    assert sample_total(text, "db_request_checkouts_count", alias="default") == sent
+    assert Scrape.parse(text).total("db_connection_checkouts_total", alias="default") == sent
+    assert Scrape.parse(text).total("db_connection_hold_seconds_count", alias="default") == sent
+    assert Scrape.parse(text).total("db_request_checkouts_count", alias="default") == sent
 
 
 def test_asgi_entry_runs_under_uvicorn_workers(serve):
@@ -44,4 +44,4 @@ def test_asgi_entry_runs_under_uvicorn_workers(serve):
     assert status == 200
     assert '"status": "ok"' in body
     status, text = get(f"{server.base}/metrics")
-    assert sample_total(text, "db_connection_checkouts_total", alias="default") >= 1
+    assert Scrape.parse(text).total("db_connection_checkouts_total", alias="default") >= 1
