@@ -10,8 +10,8 @@ Each checkout also counts the cursors still open on it. The release engines
 use that count to decide when a connection can go back early; every engine uses
 it to spot a connection closed while a cursor on it was never closed (a leak).
 
-Listeners subscribe to the signals below; the metrics app turns them into
-Prometheus series and a per-request summary.
+A ``CheckoutWatcher`` hears about every checkout; the metrics app registers
+one that turns them into Prometheus series and a per-request summary.
 """
 
 from __future__ import annotations
@@ -24,18 +24,46 @@ from time import perf_counter
 from django.conf import settings
 from django.db.backends.postgresql.base import CursorDebugWrapper
 from django.db.backends.utils import CursorWrapper
-from django.dispatch import Signal
 
 from backends.pool import PoolExhausted
 
 logger = logging.getLogger("backends.leaks")
 
-# All sent with sender=the DatabaseWrapper class and connection=the DatabaseWrapper.
-# Cached receiver lists: the release engines send two of these per query.
-connection_checked_out = Signal(use_caching=True)  # wait_seconds
-connection_returned = Signal(use_caching=True)  # hold_seconds
-pool_timed_out = Signal(use_caching=True)  # wait_seconds
-cursor_leaked = Signal(use_caching=True)  # open_cursors: closed with cursors open, outside a transaction
+
+class CheckoutWatcher:
+    """Hears about the checkouts of every instrumented engine; pass one to watch().
+
+    `connection` is always the DatabaseWrapper. Plain method calls rather than
+    Django signals: the release engines check out once per query, and two
+    signal dispatches per query cost more than the pool's own bookkeeping.
+    """
+
+    def checked_out(self, connection, wait_seconds: float) -> None:
+        """The pool handed a connection over after `wait_seconds`."""
+
+    def returned(self, connection, hold_seconds: float) -> None:
+        """The connection went back to the pool after `hold_seconds` checked out."""
+
+    def timed_out(self, connection, wait_seconds: float) -> None:
+        """No connection came free within the pool's timeout."""
+
+    def leaked(self, connection, open_cursors: int) -> None:
+        """Closed outside a transaction with `open_cursors` cursors never closed."""
+
+
+# A tuple, replaced whole, so that a checkout in another thread never sees it change under it.
+_watchers: tuple[CheckoutWatcher, ...] = ()
+
+
+def watch(watcher: CheckoutWatcher) -> None:
+    global _watchers
+    if watcher not in _watchers:
+        _watchers = (*_watchers, watcher)
+
+
+def unwatch(watcher: CheckoutWatcher) -> None:
+    global _watchers
+    _watchers = tuple(w for w in _watchers if w is not watcher)
 
 
 class Checkout:
@@ -105,13 +133,15 @@ class InstrumentedMixin:
             connection = super().get_new_connection(conn_params)
         except self.pool_timeout_error as exc:
             waited = perf_counter() - started
-            pool_timed_out.send(type(self), connection=self, wait_seconds=waited)
+            for watcher in _watchers:
+                watcher.timed_out(self, waited)
             raise PoolExhausted(
                 f"No connection free in the {self.pool_name} pool of database {self.alias!r} "
                 f"after {waited:.2f}s: every connection is checked out."
             ) from exc
         self.checked_out_at = now = perf_counter()
-        connection_checked_out.send(type(self), connection=self, wait_seconds=now - started)
+        for watcher in _watchers:
+            watcher.checked_out(self, now - started)
         return connection
 
     def connect(self) -> None:
@@ -122,7 +152,11 @@ class InstrumentedMixin:
             super().connect()
         finally:
             if self.connection is not None:
-                self.checkout = Checkout()
+                self.begin_checkout()
+
+    def begin_checkout(self) -> None:
+        """The connection is configured and the caller's from now on."""
+        self.checkout = Checkout()
 
     def make_cursor(self, cursor):
         return CountedCursorWrapper(cursor, self)
@@ -151,13 +185,14 @@ class InstrumentedMixin:
             super()._close()
         finally:
             if checked_out_at is not None:
-                connection_returned.send(
-                    type(self), connection=self, hold_seconds=perf_counter() - checked_out_at
-                )
+                held = perf_counter() - checked_out_at
+                for watcher in _watchers:
+                    watcher.returned(self, held)
 
     def report_leaked_cursors(self, checkout: Checkout) -> None:
         """The connection is being closed while cursors opened on it were never closed."""
-        cursor_leaked.send(type(self), connection=self, open_cursors=checkout.open_cursors)
+        for watcher in _watchers:
+            watcher.leaked(self, checkout.open_cursors)
         if not self.trace_cursors:
             return
         stacks = "\n".join(checkout.opened_at.values()) or "(stack not recorded)\n"

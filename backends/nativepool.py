@@ -51,6 +51,13 @@ class NativePoolMixin:
                 self._open_pool = pool
         return pool
 
+    def checkout_params(self) -> dict:
+        """Parameters for get_new_connection(): none once the pool exists, which makes every connection."""
+        # Django builds them on each checkout only to ignore them when pooling.
+        if self.__dict__.get("_open_pool") is not None:
+            return {}
+        return self.get_connection_params()
+
     def _set_autocommit(self, autocommit: bool) -> None:
         # Django sets autocommit on every checkout; a pooled connection usually
         # already is in that mode, and psycopg's setter costs a microsecond or two

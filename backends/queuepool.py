@@ -45,6 +45,10 @@ class QueuePoolMixin:
                 "use the native engine."
             )
 
+    def checkout_params(self) -> dict:
+        """Parameters for get_new_connection(): the pool is created there, under its lock, if missing."""
+        return self.get_connection_params()
+
     def _set_autocommit(self, autocommit: bool) -> None:
         # As in NativePoolMixin: skip psycopg's setter when nothing changes.
         if self.connection.driver_connection.autocommit != autocommit:

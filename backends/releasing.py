@@ -14,15 +14,22 @@ the results are read) and when autocommit comes back on (the end of the
 outermost ``atomic()`` block, after its ``on_commit`` hooks ran). The next query
 simply borrows a connection again.
 
-Nothing here knows which pool is underneath: giving the connection back is
-``DatabaseWrapper.close()``, which every pooled backend turns into "return it to
-the pool". The open-cursor count comes from ``backends.instrumentation``, which
-every engine shares.
+A release happens once per query, so it is kept short: it returns the
+connection (``_close()``, which every pooled backend turns into "give it back to
+the pool") and leaves the rest of the wrapper as it is. Borrowing again after a
+release then only takes a connection from the pool, instead of redoing all of
+``connect()``: outside a transaction, with autocommit on, the state that
+``connect()`` resets is already what it would reset it to.
+
+Nothing here knows which pool is underneath. The open-cursor count and the
+checkout clock come from ``backends.instrumentation``, which every engine shares.
 """
 
 from __future__ import annotations
 
 import _thread
+
+from django.db.backends.signals import connection_created
 
 from backends.instrumentation import Checkout
 
@@ -31,6 +38,12 @@ class ConnectionReleaseMixin:
     """Put in front of an instrumented, pooled PostgreSQL ``DatabaseWrapper``."""
 
     release_engine = "release"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # True from a release until the next checkout: the wrapper is exactly as
+        # connect() left it, less the connection.
+        self.released = False
 
     def cursor_closed(self, checkout: Checkout) -> None:
         super().cursor_closed(checkout)
@@ -67,4 +80,35 @@ class ConnectionReleaseMixin:
             # garbage-collector run in another thread never does.
             and self._thread_ident == _thread.get_ident()
         ):
-            self.close()
+            self.release()
+
+    def release(self) -> None:
+        """Give the connection back to the pool: close() without what only matters mid-transaction."""
+        try:
+            self._close()
+        finally:
+            self.connection = None
+        self.released = True
+
+    def connect(self) -> None:
+        if self.released:
+            self.borrow_again()
+        else:
+            super().connect()
+
+    def borrow_again(self) -> None:
+        """connect() after a release: only take a connection from the pool.
+
+        Django's connect() also clears the transaction state, checks the
+        settings, switches autocommit on and checks the server version once; a
+        release leaves all of that as connect() set it.
+        """
+        self.released = False
+        self.errors_occurred = False
+        self.health_check_done = True  # the pool checks what it hands out
+        self.connection = self.get_new_connection(self.checkout_params())
+        # Returned by a wrapper that had switched autocommit off (the pool
+        # rolls back, but leaves the mode): switch it back on.
+        self._set_autocommit(True)
+        connection_created.send(sender=self.__class__, connection=self)
+        self.begin_checkout()

@@ -9,8 +9,9 @@ import pytest
 from django.contrib.auth.models import Group
 from django.core.signals import request_finished
 from django.db import connections, transaction
+from django.db.backends.signals import connection_created
 
-from tests.conftest import backend_pid, holding, usage
+from tests.conftest import Worker, backend_pid, holding, usage
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -236,6 +237,49 @@ def test_manual_transaction_holds_the_connection_until_autocommit_is_back(databa
 
     assert not holding(alias)
     assert group_names(alias) == {"committed"}
+
+
+def test_borrowing_again_switches_autocommit_back_on(database):
+    """A connection another thread gave back in manual-transaction mode comes back in autocommit."""
+    alias = database(max_size=1)
+    Group.objects.using(alias).create(name="first")  # this thread borrows once and gives back
+    assert not holding(alias)
+
+    def manual_session_ended_by_close() -> None:
+        conn = connections[alias]
+        conn.set_autocommit(False)
+        Group.objects.using(alias).create(name="never-committed")
+        conn.close()  # back to the pool, still in manual mode (the pool rolls back)
+
+    worker = Worker(manual_session_ended_by_close)
+    worker.start()
+    worker.finish()
+
+    Group.objects.using(alias).create(name="second")  # the same, single, pooled connection
+    assert not holding(alias), "autocommit is on again, so the write is committed and released"
+    assert connections[alias].get_autocommit() is True
+    seen = Worker(lambda: group_names(alias))
+    seen.start()
+    assert seen.finish() == {"first", "second"}
+
+
+def test_connection_created_is_sent_for_every_checkout(database):
+    """As with Django's own pool: receivers of connection_created see each borrowed connection."""
+    alias = database()
+    created = []
+
+    def count(sender, connection, **kwargs) -> None:
+        if connection.alias == alias:
+            created.append(connection.connection)
+
+    connection_created.connect(count)
+    try:
+        backend_pid(alias)
+        backend_pid(alias)
+    finally:
+        connection_created.disconnect(count)
+    assert len(created) == 2
+    assert all(conn is not None for conn in created)
 
 
 def test_cursor_opened_inside_atomic_keeps_the_connection_after_commit(database):

@@ -42,7 +42,7 @@ class DatabaseUsageMiddleware:
 
     def finish(self, response: HttpResponse, usage: RequestUsage) -> HttpResponse:
         response["Server-Timing"] = usage.server_timing()
-        prometheus.http_requests.labels(f"{response.status_code // 100}xx").inc()
+        prometheus.http_requests_by_class(response.status_code).inc()
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception):

@@ -65,6 +65,18 @@ http_requests = Counter(
     "HTTP requests answered, by status class (2xx, 4xx, 5xx...), counted when the response leaves.",
     ("status",),
 )
+_http_requests_by_class: dict[int, Counter] = {}
+
+
+def http_requests_by_class(status_code: int) -> Counter:
+    """The http_requests_total child for a status code's class ("2xx"...), looked up once."""
+    klass = status_code // 100
+    child = _http_requests_by_class.get(klass)
+    if child is None:
+        child = _http_requests_by_class.setdefault(klass, http_requests.labels(f"{klass}xx"))
+    return child
+
+
 checked_out = Gauge(
     "db_connections_checked_out", "Connections out of the pool now.", LABELS,
     multiprocess_mode="livesum",

@@ -1,4 +1,4 @@
-"""Turn the engines' signals into Prometheus series and per-request usage."""
+"""Turn the engines' checkouts into Prometheus series and per-request usage."""
 
 from __future__ import annotations
 
@@ -18,13 +18,20 @@ def labels_of(wrapper) -> Labels | None:
 
 
 class Series:
-    """The labelled children one alias writes to on every checkout, looked up once."""
+    """The labelled children one alias writes to, looked up once (labels() takes a lock)."""
 
     def __init__(self, labels: Labels) -> None:
         self.wait = prometheus.connection_wait.labels(*labels)
         self.hold = prometheus.connection_hold.labels(*labels)
         self.checkouts = prometheus.checkouts.labels(*labels)
         self.checked_out = prometheus.checked_out.labels(*labels)
+        self.timeouts = prometheus.pool_timeouts.labels(*labels)
+        self.request_hold = prometheus.request_hold.labels(*labels)
+        self.request_checkouts = prometheus.request_checkouts.labels(*labels)
+        self.requests_ended_holding = prometheus.requests_ended_holding.labels(*labels)
+        self.pool_idle = prometheus.pool_connections.labels(*labels, "idle")
+        self.pool_in_use = prometheus.pool_connections.labels(*labels, "in_use")
+        self.pool_max = prometheus.pool_max_connections.labels(*labels)
 
 
 _series: dict[Labels, Series] = {}
@@ -37,48 +44,49 @@ def series(labels: Labels) -> Series:
     return found
 
 
-def on_checkout(sender, connection, wait_seconds, **kwargs) -> None:
-    labels = labels_of(connection)
-    if labels is None:
-        return
-    children = series(labels)
-    children.wait.observe(wait_seconds)
-    children.checkouts.inc()
-    children.checked_out.inc()
-    usage = current.get()
-    if usage is not None:
-        alias = usage.alias(labels)
-        alias.checkouts += 1
-        alias.wait_seconds += wait_seconds
+class MetricsWatcher(instrumentation.CheckoutWatcher):
+    def checked_out(self, connection, wait_seconds: float) -> None:
+        labels = labels_of(connection)
+        if labels is None:
+            return
+        children = series(labels)
+        children.wait.observe(wait_seconds)
+        children.checkouts.inc()
+        children.checked_out.inc()
+        usage = current.get()
+        if usage is not None:
+            alias = usage.alias(labels)
+            alias.checkouts += 1
+            alias.wait_seconds += wait_seconds
+
+    def returned(self, connection, hold_seconds: float) -> None:
+        labels = labels_of(connection)
+        if labels is None:
+            return
+        children = series(labels)
+        children.hold.observe(hold_seconds)
+        children.checked_out.dec()
+        usage = current.get()
+        if usage is not None:
+            usage.alias(labels).hold_seconds += hold_seconds
+
+    def timed_out(self, connection, wait_seconds: float) -> None:
+        labels = labels_of(connection)
+        if labels is None:
+            return
+        series(labels).timeouts.inc()
+        usage = current.get()
+        if usage is not None:
+            usage.alias(labels).wait_seconds += wait_seconds
+
+    def leaked(self, connection, open_cursors: int) -> None:
+        labels = labels_of(connection)
+        usage = current.get()
+        if labels is not None and usage is not None:
+            usage.alias(labels).ended_holding = True
 
 
-def on_return(sender, connection, hold_seconds, **kwargs) -> None:
-    labels = labels_of(connection)
-    if labels is None:
-        return
-    children = series(labels)
-    children.hold.observe(hold_seconds)
-    children.checked_out.dec()
-    usage = current.get()
-    if usage is not None:
-        usage.alias(labels).hold_seconds += hold_seconds
-
-
-def on_timeout(sender, connection, wait_seconds, **kwargs) -> None:
-    labels = labels_of(connection)
-    if labels is None:
-        return
-    prometheus.pool_timeouts.labels(*labels).inc()
-    usage = current.get()
-    if usage is not None:
-        usage.alias(labels).wait_seconds += wait_seconds
-
-
-def on_leak(sender, connection, open_cursors, **kwargs) -> None:
-    labels = labels_of(connection)
-    usage = current.get()
-    if labels is not None and usage is not None:
-        usage.alias(labels).ended_holding = True
+watcher = MetricsWatcher()
 
 
 def on_request_finished(sender, **kwargs) -> None:
@@ -88,11 +96,12 @@ def on_request_finished(sender, **kwargs) -> None:
         return
     current.set(None)
     for labels, alias in usage.by_alias.items():
+        children = series(labels)
         if alias.checkouts:
-            prometheus.request_hold.labels(*labels).observe(alias.hold_seconds)
-            prometheus.request_checkouts.labels(*labels).observe(alias.checkouts)
+            children.request_hold.observe(alias.hold_seconds)
+            children.request_checkouts.observe(alias.checkouts)
         if alias.ended_holding:
-            prometheus.requests_ended_holding.labels(*labels).inc()
+            children.requests_ended_holding.inc()
     record_pool_usage()
 
 
@@ -103,15 +112,12 @@ def record_pool_usage() -> None:
         if labels is None or not hasattr(wrapper, "pool_usage"):
             continue
         pool = wrapper.pool_usage()
-        prometheus.pool_connections.labels(*labels, "idle").set(pool.idle)
-        prometheus.pool_connections.labels(*labels, "in_use").set(pool.checked_out)
-        prometheus.pool_max_connections.labels(*labels).set(pool.max_size)
+        children = series(labels)
+        children.pool_idle.set(pool.idle)
+        children.pool_in_use.set(pool.checked_out)
+        children.pool_max.set(pool.max_size)
 
 
 def connect() -> None:
-    uid = "apps.metrics"
-    instrumentation.connection_checked_out.connect(on_checkout, dispatch_uid=f"{uid}.checkout")
-    instrumentation.connection_returned.connect(on_return, dispatch_uid=f"{uid}.return")
-    instrumentation.pool_timed_out.connect(on_timeout, dispatch_uid=f"{uid}.timeout")
-    instrumentation.cursor_leaked.connect(on_leak, dispatch_uid=f"{uid}.leak")
-    request_finished.connect(on_request_finished, dispatch_uid=f"{uid}.request_finished")
+    instrumentation.watch(watcher)
+    request_finished.connect(on_request_finished, dispatch_uid="apps.metrics.request_finished")
