@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from django.conf import settings
@@ -29,7 +32,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from loadtests import measure, report
-from loadtests.scenarios import SCENARIOS
+from loadtests.scenarios import SCENARIOS, SINGLE_REQUEST_PATHS
 from loadtests.site import BASE_DIR, Site, SiteConfig, StartError, ensure_port_free
 
 SIDES = {"baseline": "request", "release": "cursor"}
@@ -156,6 +159,27 @@ class Sampler(threading.Thread):
                 last_count = count
 
 
+def unloaded_latency_ms(site: Site, scenario: str, requests: int = 15) -> float | None:
+    """Median time of the scenario's request on the idle server, one at a time.
+
+    The thread bound is the most a worker's threads can serve if every request
+    took that long: threads ÷ this time. None for scenarios that mix requests.
+    """
+    path = SINGLE_REQUEST_PATHS.get(scenario)
+    if path is None:
+        return None
+    with urllib.request.urlopen(f"{site.url}/api/orm/products/?page_size=1", timeout=10) as response:
+        product = json.load(response)["results"][0]["id"]
+    url = site.url + path.format(product=product)
+    times = []
+    for _ in range(requests + 2):  # two to warm up
+        started = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=10) as response:
+            response.read()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[2:]) * 1000
+
+
 def run_locust(site: Site, scenario: str, args, out: Path, customers: str) -> dict:
     prefix = out / "locust" / f"{scenario}-{site.config.release}"
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +217,7 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
     reset_shop()
     say(f"{label}: starting gunicorn ({args.workers}x{args.threads} threads, pool {args.pool_size})")
     with Site(config, args.port, args.out) as site:
+        unloaded_ms = unloaded_latency_ms(site, scenario)
         before = measure.fetch(site.url)
         sampler = Sampler(site, label, args.duration, args.pool_size * args.workers)
         sampler.start()
@@ -232,6 +257,8 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
         "max_checked_out": int(sampler.max_checked_out),
         "hold_distribution": window.distribution("db_connection_hold_seconds"),
         "wall_seconds": round(elapsed, 1),
+        "unloaded_latency_ms": unloaded_ms,
+        "thread_bound_rps": ratio(args.workers * args.threads * 1000, unloaded_ms),
     }
 
 
@@ -269,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         customers = prepare_database(args.seed)
         config = {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "thread_bound_rps": args.workers * args.threads * 1000 / max(args.external_latency_ms, 1),
+            # No server with these threads answers requests that wait this long any faster.
+            "latency_ceiling_rps": args.workers * args.threads * 1000 / max(args.external_latency_ms, 1),
             "machine": machine(),
         }
         results: dict = {"config": config, "scenarios": {}}

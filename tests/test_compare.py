@@ -59,7 +59,11 @@ def test_a_short_run_writes_the_three_reports_and_prints_the_table(tmp_path):
         assert sides[side]["rps"] > 0
         assert sides[side]["failures"] == 0
     assert sides["release"]["hold_mean_ms"] < sides["baseline"]["hold_mean_ms"]
-    assert report["config"]["thread_bound_rps"] == 4 * 1000 / 20
+    assert report["config"]["latency_ceiling_rps"] == 4 * 1000 / 20
+    for side in ("baseline", "release"):
+        # One request on the idle server takes the external call and a little more.
+        assert sides[side]["unloaded_latency_ms"] > 20
+        assert sides[side]["thread_bound_rps"] == pytest.approx(4 * 1000 / sides[side]["unloaded_latency_ms"])
     assert "native" in report["overhead"]
     for name in ("report.md", "report.html", "throughput.png", "latency.png", "hold.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0, name
