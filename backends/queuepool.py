@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
+from psycopg.pq import TransactionStatus
 
 from backends import health
 from backends.pool import PoolUsage, require_no_persistent_connections
@@ -33,6 +34,13 @@ class QueuePoolMixin:
                 return True
             return super().do_ping(dbapi_connection)
 
+        def do_rollback(self, dbapi_connection) -> None:
+            # QueuePool rolls back every connection it gets back. A connection
+            # in autocommit, the usual case here, has nothing to roll back, and
+            # psycopg's rollback() still takes its lock and runs its machinery.
+            if dbapi_connection.info.transaction_status != TransactionStatus.IDLE:
+                super().do_rollback(dbapi_connection)
+
     def __init__(self, settings_dict, alias="default") -> None:
         super().__init__(settings_dict, alias)
         if alias == NO_DB_ALIAS:
@@ -46,8 +54,13 @@ class QueuePoolMixin:
             )
 
     def checkout_params(self) -> dict:
-        """Parameters for get_new_connection(): the pool is created there, under its lock, if missing."""
-        return self.get_connection_params()
+        """Parameters for get_new_connection(), which creates the pool with them if it is missing."""
+        # Built once per connection object: they only change with the settings,
+        # and a settings change (the time zone, in tests) closes the pool.
+        params = self.__dict__.get("_checkout_params")
+        if params is None:
+            params = self._checkout_params = self.get_connection_params()
+        return params
 
     def _set_autocommit(self, autocommit: bool) -> None:
         # As in NativePoolMixin: skip psycopg's setter when nothing changes.
@@ -81,6 +94,7 @@ class QueuePoolMixin:
         )
 
     def close_pool(self) -> None:
+        self.__dict__.pop("_checkout_params", None)
         pool = self.queue_pool
         if pool is not None:
             pool.dispose()

@@ -89,10 +89,14 @@ def sections(results: dict):
                 f"{o['per_query_us']['release']:.1f}",
                 f"{o['overhead_us']:+.1f} µs",
                 f"{o['overhead_with_ping_us']:+.1f} µs",
+                f"{o['cpu_overhead_us']:+.1f} µs",
             ]
             for pool, o in results["overhead"].items()
         ]
-        header = ["pool", "baseline µs/query", "release µs/query", "overhead", "with a ping per checkout"]
+        header = [
+            "pool", "baseline µs/query", "release µs/query", "overhead",
+            "with a ping per checkout", "CPU overhead",
+        ]  # fmt: skip
         yield "Per-query cost of release (one thread)", "", header, rows
 
 
