@@ -39,10 +39,10 @@ class CheckoutWatcher:
     """
 
     def checked_out(self, connection, wait_seconds: float) -> None:
-        """The pool handed a connection over after `wait_seconds`."""
+        """The pool handed a connection over after `wait_seconds`; keep this quick, the clock runs."""
 
-    def returned(self, connection, hold_seconds: float) -> None:
-        """The connection went back to the pool after `hold_seconds` checked out."""
+    def returned(self, connection, hold_seconds: float, wait_seconds: float) -> None:
+        """The connection is back in the pool after `hold_seconds` out; it took `wait_seconds` to get."""
 
     def timed_out(self, connection, wait_seconds: float) -> None:
         """No connection came free within the pool's timeout."""
@@ -125,6 +125,7 @@ class InstrumentedMixin:
         super().__init__(*args, **kwargs)
         self.checkout: Checkout | None = None
         self.checked_out_at: float | None = None
+        self.checkout_wait: float = 0.0
         self.trace_cursors = getattr(settings, "DB_LEAK_DIAGNOSTICS", False)
 
     def get_new_connection(self, conn_params):
@@ -140,8 +141,9 @@ class InstrumentedMixin:
                 f"after {waited:.2f}s: every connection is checked out."
             ) from exc
         self.checked_out_at = now = perf_counter()
+        self.checkout_wait = waited = now - started
         for watcher in _watchers:
-            watcher.checked_out(self, now - started)
+            watcher.checked_out(self, waited)
         return connection
 
     def connect(self) -> None:
@@ -187,7 +189,7 @@ class InstrumentedMixin:
             if checked_out_at is not None:
                 held = perf_counter() - checked_out_at
                 for watcher in _watchers:
-                    watcher.returned(self, held)
+                    watcher.returned(self, held, self.checkout_wait)
 
     def report_leaked_cursors(self, checkout: Checkout) -> None:
         """The connection is being closed while cursors opened on it were never closed."""

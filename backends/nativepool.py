@@ -71,7 +71,10 @@ class NativePoolMixin:
         super()._close()
 
     def pool_usage(self) -> PoolUsage:
-        stats = self.pool.get_stats()
+        pool = self._connection_pools.get(self.alias)  # Django's, shared by every thread
+        if pool is None:  # not created yet, and asking must not create it
+            return PoolUsage(size=0, max_size=0, idle=0)
+        stats = pool.get_stats()
         return PoolUsage(
             size=stats["pool_size"],
             max_size=stats["pool_max"],

@@ -105,6 +105,15 @@ def test_pool_gauges_show_the_pool(client):
     assert "db_connections_checked_out" in text
 
 
+def test_checked_out_gauge_counts_connections_other_threads_hold(client):
+    with every_connection_taken():
+        taken = scrape(client)
+    after = scrape(client)
+    max_size = connections["default"].pool_usage().max_size
+    assert sample_total(taken, "db_connections_checked_out", **LABELS) == max_size
+    assert sample_total(after, "db_connections_checked_out", **LABELS) == 0
+
+
 def test_exhausted_pool_answers_503_with_retry_after(client, caplog):
     before = scrape(client)
     with every_connection_taken(), caplog.at_level(logging.WARNING, logger="apps.metrics"):

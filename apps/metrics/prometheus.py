@@ -78,7 +78,9 @@ def http_requests_by_class(status_code: int) -> Counter:
 
 
 checked_out = Gauge(
-    "db_connections_checked_out", "Connections out of the pool now.", LABELS,
+    "db_connections_checked_out",
+    "Connections out of the pool now: each worker's pools, as of its last request or scrape.",
+    LABELS,
     multiprocess_mode="livesum",
 )  # fmt: skip
 pool_connections = Gauge(

@@ -45,27 +45,31 @@ def series(labels: Labels) -> Series:
 
 
 class MetricsWatcher(instrumentation.CheckoutWatcher):
+    """Counts each checkout when it ends, once the connection is back in the pool.
+
+    The Prometheus series take a lock (one per process in multiprocess mode);
+    a thread that waited for it while holding a connection would keep that
+    connection from everyone else. So while the connection is out, only the
+    request's own tally moves.
+    """
+
     def checked_out(self, connection, wait_seconds: float) -> None:
+        usage = current.get()
+        if usage is not None:
+            labels = labels_of(connection)
+            if labels is not None:
+                alias = usage.alias(labels)
+                alias.checkouts += 1
+                alias.wait_seconds += wait_seconds
+
+    def returned(self, connection, hold_seconds: float, wait_seconds: float) -> None:
         labels = labels_of(connection)
         if labels is None:
             return
         children = series(labels)
         children.wait.observe(wait_seconds)
-        children.checkouts.inc()
-        children.checked_out.inc()
-        usage = current.get()
-        if usage is not None:
-            alias = usage.alias(labels)
-            alias.checkouts += 1
-            alias.wait_seconds += wait_seconds
-
-    def returned(self, connection, hold_seconds: float) -> None:
-        labels = labels_of(connection)
-        if labels is None:
-            return
-        children = series(labels)
         children.hold.observe(hold_seconds)
-        children.checked_out.dec()
+        children.checkouts.inc()
         usage = current.get()
         if usage is not None:
             usage.alias(labels).hold_seconds += hold_seconds
@@ -106,8 +110,9 @@ def on_request_finished(sender, **kwargs) -> None:
 
 
 def record_pool_usage() -> None:
-    """Refresh the pool gauges from this worker's pools."""
-    for wrapper in connections.all(initialized_only=True):
+    """Refresh the pool gauges (checked out now, idle, size) from this worker's pools."""
+    # Every alias, not only those this thread touched: the pools are the process's.
+    for wrapper in connections.all():
         labels = labels_of(wrapper)
         if labels is None or not hasattr(wrapper, "pool_usage"):
             continue
@@ -115,6 +120,7 @@ def record_pool_usage() -> None:
         children = series(labels)
         children.pool_idle.set(pool.idle)
         children.pool_in_use.set(pool.checked_out)
+        children.checked_out.set(pool.checked_out)
         children.pool_max.set(pool.max_size)
 
 
