@@ -153,7 +153,8 @@ def charts(results: dict, out: Path) -> list[str]:
     ax.set_xticks(list(x), names)
     ax.set_ylabel("requests per second")
     ax.set_title("Throughput on the same pool")
-    ax.legend(fontsize=8)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the legend above the bars and bounds
+    ax.legend(fontsize=8, loc="upper center", ncols=3)
     fig.tight_layout()
     fig.savefig(out / "throughput.png", dpi=110)
     plt.close(fig)
