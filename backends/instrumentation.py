@@ -61,11 +61,6 @@ def watch(watcher: CheckoutWatcher) -> None:
         _watchers = (*_watchers, watcher)
 
 
-def unwatch(watcher: CheckoutWatcher) -> None:
-    global _watchers
-    _watchers = tuple(w for w in _watchers if w is not watcher)
-
-
 class Checkout:
     """One borrowing of a connection from the pool."""
 

@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from loadtests import report
 from loadtests.environment import django_environment
 
 VARIANTS = ("baseline", "release", "release, ping every checkout")
@@ -108,18 +109,7 @@ def measure(pools: list[str], queries: int, rounds: int, warmup: int = 5) -> lis
 
 
 def table(results: list[PoolOverhead]) -> str:
-    lines = [
-        "| pool | baseline µs/query | release µs/query | overhead | with a ping per checkout "
-        "| CPU overhead |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        q = r.per_query_us
-        lines.append(
-            f"| {r.pool} | {q['baseline']:.1f} | {q['release']:.1f} | "
-            f"{r.overhead_us:+.1f} µs | {r.overhead_with_ping_us:+.1f} µs | {r.cpu_overhead_us:+.1f} µs |"
-        )
-    return "\n".join(lines)
+    return "\n".join(report.markdown_table(report.OVERHEAD_HEADER, report.overhead_rows(as_json(results))))
 
 
 def as_json(results: list[PoolOverhead]) -> dict:

@@ -82,30 +82,40 @@ def sections(results: dict):
         ]
         yield name, verdict, ["", "baseline", "release", "release / baseline"], rows
     if "overhead" in results:
-        rows = [
-            [
-                pool,
-                f"{o['per_query_us']['baseline']:.1f}",
-                f"{o['per_query_us']['release']:.1f}",
-                f"{o['overhead_us']:+.1f} µs",
-                f"{o['overhead_with_ping_us']:+.1f} µs",
-                f"{o['cpu_overhead_us']:+.1f} µs",
-            ]
-            for pool, o in results["overhead"].items()
+        rows = overhead_rows(results["overhead"])
+        yield "Per-query cost of release (one thread)", "", OVERHEAD_HEADER, rows
+
+
+OVERHEAD_HEADER = [
+    "pool", "baseline µs/query", "release µs/query", "overhead", "with a ping per checkout", "CPU overhead",
+]  # fmt: skip
+
+
+def overhead_rows(overhead: dict) -> list[list[str]]:
+    """Rows of the per-query cost table, from loadtests.overhead.as_json()."""
+    return [
+        [
+            pool,
+            f"{o['per_query_us']['baseline']:.1f}",
+            f"{o['per_query_us']['release']:.1f}",
+            f"{o['overhead_us']:+.1f} µs",
+            f"{o['overhead_with_ping_us']:+.1f} µs",
+            f"{o['cpu_overhead_us']:+.1f} µs",
         ]
-        header = [
-            "pool", "baseline µs/query", "release µs/query", "overhead",
-            "with a ping per checkout", "CPU overhead",
-        ]  # fmt: skip
-        yield "Per-query cost of release (one thread)", "", header, rows
+        for pool, o in overhead.items()
+    ]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def markdown(results: dict) -> str:
     lines = [summary(results), ""]
     for title, verdict, header, rows in sections(results):
         lines += [f"### {title}", ""] + ([verdict, ""] if verdict else [])
-        lines += ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += markdown_table(header, rows)
         lines.append("")
     return "\n".join(lines)
 
