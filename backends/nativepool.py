@@ -38,9 +38,10 @@ class NativePoolMixin:
 
     @property
     def pool(self):
-        # Read several times per checkout, so keep it once it exists.
+        # Read several times per checkout, so keep it once it is open. A pool
+        # closed since (close_pool() from any thread) is looked up again.
         pool = self.__dict__.get("_open_pool")
-        if pool is None:
+        if pool is None or pool.closed:
             pool = super().pool
             if pool is not None:
                 # Django builds the pool with a ping on every checkout when
@@ -50,6 +51,15 @@ class NativePoolMixin:
                     pool._check = ping_if_needed
                 self._open_pool = pool
         return pool
+
+    def get_new_connection(self, conn_params):
+        pool = self.__dict__.get("_open_pool")
+        if pool is None or pool.closed or self.settings_dict["OPTIONS"].get("isolation_level") is not None:
+            return super().get_new_connection(conn_params)
+        # The pool is open and no isolation level is to be set on what it hands
+        # out: Django's version would only call pool.open(), which takes the
+        # pool's lock to find it open, before this same getconn().
+        return pool.getconn()
 
     def checkout_params(self) -> dict:
         """Parameters for get_new_connection(): none once the pool exists, which makes every connection."""

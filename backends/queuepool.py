@@ -53,6 +53,16 @@ class QueuePoolMixin:
                 "use the native engine."
             )
 
+    def get_new_connection(self, conn_params):
+        pool = dict.get(pool_container, self.alias)
+        if pool is None:  # the first checkout: django-db-connection-pool creates the pool
+            return super().get_new_connection(conn_params)
+        # django-db-connection-pool would take its process-wide lock only to
+        # find the pool there, then do exactly this.
+        connection = pool.connect()
+        connection.info = connection.driver_connection.info
+        return connection
+
     def checkout_params(self) -> dict:
         """Parameters for get_new_connection(), which creates the pool with them if it is missing."""
         # Built once per connection object: they only change with the settings,
@@ -75,7 +85,7 @@ class QueuePoolMixin:
     @property
     def queue_pool(self):
         """The SQLAlchemy pool of this alias, or None before the first connection."""
-        return pool_container.get(self.alias) if pool_container.has(self.alias) else None
+        return dict.get(pool_container, self.alias)  # its own get() raises when missing
 
     def pool_usage(self) -> PoolUsage:
         pool = self.queue_pool

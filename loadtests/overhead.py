@@ -11,7 +11,9 @@ are compared, so a busy machine slows both sides alike.
 
 A third variant pings the connection on every checkout (what CONN_HEALTH_CHECKS
 and QueuePool's pre_ping do out of the box) to show what the idle-window check
-saves.
+saves. Two more run the engines alone, without the sample site's Prometheus
+metrics (which observe every checkout): that is what the backend costs a
+project that copies it without them.
 
 Both wall time and this thread's CPU time are reported. Wall time is what a
 request feels, but on a shared machine it also carries every scheduling hiccup
@@ -26,68 +28,102 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 from loadtests import report
 from loadtests.environment import django_environment
 
-VARIANTS = ("baseline", "release", "release, ping every checkout")
+
+@dataclass(frozen=True)
+class Variant:
+    release: str  # DB_RELEASE
+    metrics: bool = True  # the sample site's watcher hears of every checkout
+    ping_every_checkout: bool = False
+
+
+VARIANTS = {
+    "baseline": Variant("request"),
+    "release": Variant("cursor"),
+    "release, ping every checkout": Variant("cursor", ping_every_checkout=True),
+    "baseline, engine alone": Variant("request", metrics=False),
+    "release, engine alone": Variant("cursor", metrics=False),
+}
+
+
+# A sample: (wall seconds, CPU seconds) per query, for one request of one variant.
+Sample = tuple[float, float]
 
 
 @dataclass
 class PoolOverhead:
     pool: str
-    per_query_us: dict[str, float]  # wall time, median over rounds, per variant
-    cpu_per_query_us: dict[str, float]  # this thread's CPU time, median over rounds
+    samples: dict[str, list[Sample]]  # per variant, one per round, in round order
 
-    @property
-    def overhead_us(self) -> float:
-        return self.per_query_us["release"] - self.per_query_us["baseline"]
+    def per_query_us(self, variant: str, cpu: bool = False) -> float:
+        """The median over rounds."""
+        return statistics.median(sample[cpu] for sample in self.samples[variant]) * 1e6
 
-    @property
-    def overhead_with_ping_us(self) -> float:
-        return self.per_query_us["release, ping every checkout"] - self.per_query_us["baseline"]
+    def extra_us(self, variant: str, compared_to: str, cpu: bool = False) -> float:
+        """How much more `variant` costs per query: the median of the per-round differences.
 
-    @property
-    def cpu_overhead_us(self) -> float:
-        return self.cpu_per_query_us["release"] - self.cpu_per_query_us["baseline"]
+        Each round runs every variant once, back to back, so a round's
+        difference is taken on the machine as it was then; the median of those
+        resists a machine that speeds up or slows down during the run better
+        than the difference of two medians does.
+        """
+        pairs = zip(self.samples[variant], self.samples[compared_to], strict=True)
+        return statistics.median(a[cpu] - b[cpu] for a, b in pairs) * 1e6
+
+    def as_json(self) -> dict:
+        return {
+            "per_query_us": {variant: self.per_query_us(variant) for variant in VARIANTS},
+            "cpu_per_query_us": {variant: self.per_query_us(variant, cpu=True) for variant in VARIANTS},
+            "overhead_us": self.extra_us("release", "baseline"),
+            "cpu_overhead_us": self.extra_us("release", "baseline", cpu=True),
+            "engine_overhead_us": self.extra_us("release, engine alone", "baseline, engine alone"),
+            "engine_cpu_overhead_us": self.extra_us(
+                "release, engine alone", "baseline, engine alone", cpu=True
+            ),
+            "overhead_with_ping_us": self.extra_us("release, ping every checkout", "baseline"),
+        }
 
 
 def measure(pools: list[str], queries: int, rounds: int, warmup: int = 5) -> list[PoolOverhead]:
     from django.contrib.contenttypes.models import ContentType
     from django.db import connections
 
-    from backends import health
+    from backends import health, instrumentation
     from project.database import engine_for, with_pool
 
     base = connections["default"].settings_dict
     aliases: dict[tuple[str, str], str] = {}
     for pool in pools:
-        for variant in VARIANTS:
-            alias = f"bench_{pool}_{VARIANTS.index(variant)}"
-            release = "request" if variant == "baseline" else "cursor"
+        for number, (name, variant) in enumerate(VARIANTS.items()):
+            alias = f"bench_{pool}_{number}"
             connections.settings[alias] = with_pool(
-                {**base, "ENGINE": engine_for(release, pool)}, pool, min_size=1, max_size=2, timeout=5
+                {**base, "ENGINE": engine_for(variant.release, pool)}, pool, min_size=1, max_size=2, timeout=5
             )
-            aliases[pool, variant] = alias
+            aliases[pool, name] = alias
     pk = ContentType.objects.order_by("pk").values_list("pk", flat=True).first()
 
-    def one_request(alias: str) -> tuple[float, float]:
+    def one_request(alias: str) -> Sample:
         started, cpu_started = time.perf_counter(), time.thread_time()
         for _ in range(queries):
             ContentType.objects.using(alias).filter(pk=pk).first()
         connections[alias].close()  # the end of the request
         return (time.perf_counter() - started) / queries, (time.thread_time() - cpu_started) / queries
 
-    samples: dict[tuple[str, str], list[tuple[float, float]]] = {key: [] for key in aliases}
+    samples: dict[tuple[str, str], list[Sample]] = {key: [] for key in aliases}
     trusted_window = health.TRUST_WINDOW_SECONDS
     for round_number in range(warmup + rounds):
         keys = list(aliases)
         random.shuffle(keys)
         for key in keys:
-            pings_every_time = key[1] == "release, ping every checkout"
-            health.TRUST_WINDOW_SECONDS = -1.0 if pings_every_time else trusted_window
-            seconds = one_request(aliases[key])
+            variant = VARIANTS[key[1]]
+            health.TRUST_WINDOW_SECONDS = -1.0 if variant.ping_every_checkout else trusted_window
+            with nullcontext() if variant.metrics else instrumentation.unwatched():
+                seconds = one_request(aliases[key])
             if round_number >= warmup:
                 samples[key].append(seconds)
     health.TRUST_WINDOW_SECONDS = trusted_window
@@ -95,17 +131,7 @@ def measure(pools: list[str], queries: int, rounds: int, warmup: int = 5) -> lis
     for alias in aliases.values():
         connections[alias].close_pool()
 
-    def median_us(key: tuple[str, str], which: int) -> float:
-        return statistics.median(sample[which] for sample in samples[key]) * 1e6
-
-    return [
-        PoolOverhead(
-            pool=pool,
-            per_query_us={variant: median_us((pool, variant), 0) for variant in VARIANTS},
-            cpu_per_query_us={variant: median_us((pool, variant), 1) for variant in VARIANTS},
-        )
-        for pool in pools
-    ]
+    return [PoolOverhead(pool, {variant: samples[pool, variant] for variant in VARIANTS}) for pool in pools]
 
 
 def table(results: list[PoolOverhead]) -> str:
@@ -113,15 +139,7 @@ def table(results: list[PoolOverhead]) -> str:
 
 
 def as_json(results: list[PoolOverhead]) -> dict:
-    return {
-        r.pool: {
-            **asdict(r),
-            "overhead_us": r.overhead_us,
-            "overhead_with_ping_us": r.overhead_with_ping_us,
-            "cpu_overhead_us": r.cpu_overhead_us,
-        }
-        for r in results
-    }
+    return {r.pool: r.as_json() for r in results}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,7 +87,8 @@ def sections(results: dict):
 
 
 OVERHEAD_HEADER = [
-    "pool", "baseline µs/query", "release µs/query", "overhead", "with a ping per checkout", "CPU overhead",
+    "pool", "baseline µs/query", "release µs/query", "overhead", "CPU overhead",
+    "engine alone", "engine alone, CPU", "with a ping per checkout",
 ]  # fmt: skip
 
 
@@ -99,8 +100,10 @@ def overhead_rows(overhead: dict) -> list[list[str]]:
             f"{o['per_query_us']['baseline']:.1f}",
             f"{o['per_query_us']['release']:.1f}",
             f"{o['overhead_us']:+.1f} µs",
-            f"{o['overhead_with_ping_us']:+.1f} µs",
             f"{o['cpu_overhead_us']:+.1f} µs",
+            f"{o['engine_overhead_us']:+.1f} µs",
+            f"{o['engine_cpu_overhead_us']:+.1f} µs",
+            f"{o['overhead_with_ping_us']:+.1f} µs",
         ]
         for pool, o in overhead.items()
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from time import monotonic
+
 from django.core.signals import request_finished
 from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
@@ -106,7 +108,22 @@ def on_request_finished(sender, **kwargs) -> None:
             children.request_checkouts.observe(alias.checkouts)
         if alias.ended_holding:
             children.requests_ended_holding.inc()
-    record_pool_usage()
+    record_pool_usage_now_and_then()
+
+
+# The pool gauges are refreshed after a request at most this often per process:
+# reading a pool's stats takes its lock, which every checkout also takes. The
+# /metrics view refreshes them for its own process whenever it answers.
+POOL_GAUGES_INTERVAL_SECONDS = 0.1
+_next_pool_refresh = 0.0
+
+
+def record_pool_usage_now_and_then() -> None:
+    global _next_pool_refresh
+    now = monotonic()
+    if now >= _next_pool_refresh:  # two threads may both refresh: harmless
+        _next_pool_refresh = now + POOL_GAUGES_INTERVAL_SECONDS
+        record_pool_usage()
 
 
 def record_pool_usage() -> None:
