@@ -26,13 +26,15 @@ def database(transactional_db) -> Callable[..., str]:
     """
     used: list[str] = []
 
-    def make(release: str | None = None, max_size: int = 1, timeout: float = 2.0) -> str:
+    def make(
+        release: str | None = None, max_size: int = 1, timeout: float = 2.0, options: dict | None = None
+    ) -> str:
         alias = "baseline_pool" if release == "request" else "pool"
         release = release or settings.DB_RELEASE
         close_pool(alias)  # a pool left from an earlier test keeps its old size
         base = connections["default"].settings_dict  # points at the test database by now
         connections.settings[alias] = with_pool(
-            {**base, "ENGINE": engine_for(release, POOL)},
+            {**base, "ENGINE": engine_for(release, POOL), "OPTIONS": {**base["OPTIONS"], **(options or {})}},
             POOL,
             min_size=0,
             max_size=max_size,

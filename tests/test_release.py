@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 
 import pytest
 from django.contrib.auth.models import Group
 from django.core.signals import request_finished
 from django.db import connections, transaction
 from django.db.backends.signals import connection_created
+from psycopg import IsolationLevel
 
 from tests.conftest import Worker, backend_pid, holding, usage
 
@@ -411,6 +413,34 @@ def terminate(pid: int) -> None:
     with connections["default"].cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
         assert cursor.fetchone() == (True,)
+
+
+def test_every_connection_the_pool_hands_out_has_the_configured_isolation_level(database):
+    alias = database(max_size=2, options={"isolation_level": IsolationLevel.REPEATABLE_READ})
+    Group.objects.using(alias).count()  # the first checkout, which opens the pool
+
+    # Another thread keeps the pool's first connection, so the next checkout
+    # here gets a second one, made after the pool was open.
+    taken, done = threading.Event(), threading.Event()
+
+    def hold_one() -> None:
+        with transaction.atomic(using=alias):
+            Group.objects.using(alias).count()
+            taken.set()
+            done.wait(10)
+
+    other = Worker(hold_one)
+    other.start()
+    assert taken.wait(10)
+    try:
+        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+            cursor.execute("SHOW transaction_isolation")
+            assert cursor.fetchone()[0] == "repeatable read"
+        assert usage(alias).size == 2
+    finally:
+        done.set()
+        other.finish()
+    assert other.error is None
 
 
 def test_terminated_connection_is_not_handed_out(database):
