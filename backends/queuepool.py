@@ -54,7 +54,7 @@ class QueuePoolMixin:
             )
 
     def get_new_connection(self, conn_params):
-        pool = dict.get(pool_container, self.alias)
+        pool = self.queue_pool
         if pool is None:  # the first checkout: django-db-connection-pool creates the pool
             return super().get_new_connection(conn_params)
         # django-db-connection-pool would take its process-wide lock only to
