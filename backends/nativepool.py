@@ -53,7 +53,7 @@ class NativePoolMixin:
         return pool
 
     def get_new_connection(self, conn_params):
-        pool = self.__dict__.get("_open_pool")
+        pool = self.pool
         if pool is None or pool.closed or self.settings_dict["OPTIONS"].get("isolation_level") is not None:
             return super().get_new_connection(conn_params)
         # The pool is open and no isolation level is to be set on what it hands

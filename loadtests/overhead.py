@@ -6,8 +6,8 @@ A "request" runs N small ORM queries and then ends (Django's end-of-request
 close). The stock engine borrows one connection for the N queries; the release
 engine borrows and returns one per query. The difference per query is the price
 of a checkout: the pool's bookkeeping, Django's connect/close, the health check
-and the metrics. Engines run interleaved, round after round, and the medians
-are compared, so a busy machine slows both sides alike.
+and the metrics. Engines run interleaved, round after round, and each overhead is
+the median of the per-round differences, so a busy machine slows both sides alike.
 
 A third variant pings the connection on every checkout (what CONN_HEALTH_CHECKS
 and QueuePool's pre_ping do out of the box) to show what the idle-window check
