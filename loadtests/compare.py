@@ -127,17 +127,25 @@ def machine() -> dict:
 
 
 class Sampler(threading.Thread):
-    """Reads /metrics every half second: the most connections out at once, and progress."""
+    """Reads /metrics every half second: the most connections out at once, and progress.
 
-    def __init__(self, site: Site, label: str, duration: int, pool_size: int) -> None:
+    Every five seconds it also notes how busy the workers were, in percent of
+    one core each: Python runs one thread of a process at a time, so a worker
+    near 100% is bound by its CPU, whatever its threads and its pool allow.
+    """
+
+    def __init__(self, site: Site, label: str, duration: int, config: SiteConfig) -> None:
         super().__init__(daemon=True)
-        self.site, self.label, self.duration, self.pool_size = site, label, duration, pool_size
+        self.site, self.label, self.duration = site, label, duration
+        self.pool_size = config.pool_size * config.workers
+        self.workers = config.workers
         self.max_checked_out = 0.0
+        self.busy_percents: list[float] = []
         self.stopping = threading.Event()
 
     def run(self) -> None:
         started = time.monotonic()
-        last_print, last_count = started, None
+        last_print, last_count, last_cpu = started, None, None
         while not self.stopping.wait(0.5):
             try:
                 scrape = measure.fetch(self.site.url, timeout=5)
@@ -150,13 +158,27 @@ class Sampler(threading.Thread):
             if last_count is not None and now - last_print >= 5:
                 rate = (count - last_count) / (now - last_print)
                 elapsed = min(self.duration, int(now - started))
+                busy = self.busy_since(last_cpu, now - last_print)
                 say(
                     f"  {self.label}: {elapsed}/{self.duration} s, {rate:.0f} req/s, "
                     f"{checked_out:.0f}/{self.pool_size} connections checked out"
+                    + (f", worker CPU {busy:.0f}%" if busy is not None else "")
                 )
-                last_print, last_count = now, count
+                last_print, last_count, last_cpu = now, count, self.site.worker_cpu_seconds()
             elif last_count is None:
-                last_count = count
+                last_count, last_cpu = count, self.site.worker_cpu_seconds()
+
+    def busy_since(self, cpu_then: float | None, seconds: float) -> float | None:
+        """Percent of one core per worker used since `cpu_then`, noted for the report."""
+        cpu_now = self.site.worker_cpu_seconds()
+        if cpu_then is None or cpu_now is None:
+            return None
+        busy = 100 * (cpu_now - cpu_then) / (seconds * self.workers)
+        self.busy_percents.append(busy)
+        return busy
+
+    def median_busy_percent(self) -> float | None:
+        return statistics.median(self.busy_percents) if self.busy_percents else None
 
 
 def unloaded_latency_ms(site: Site, scenario: str, requests: int = 15) -> float | None:
@@ -230,7 +252,8 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
     with Site(config, args.port, args.out) as site:
         unloaded_ms = unloaded_latency_ms(site, scenario)
         before = measure.fetch(site.url)
-        sampler = Sampler(site, label, args.duration, args.pool_size * args.workers)
+        cpu_before = site.worker_cpu_seconds()
+        sampler = Sampler(site, label, args.duration, config)
         sampler.start()
         say(f"{label}: {args.users} users for {args.duration} s")
         started = time.monotonic()
@@ -243,9 +266,11 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
             sampler.stopping.set()
             sampler.join()
         after = measure.fetch(site.url)
+        cpu_after = site.worker_cpu_seconds()
         elapsed = time.monotonic() - started
     window = measure.Window(before, after)
     served = window.delta("db_request_checkouts_count")
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     return {
         "rps": served / args.duration,
         "requests": served,
@@ -267,6 +292,8 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
         "requests_ended_holding": int(window.delta("db_requests_ended_holding_total")),
         "max_checked_out": int(sampler.max_checked_out),
         "hold_distribution": window.distribution("db_connection_hold_seconds"),
+        "worker_cpu_ms_per_request": ms(ratio(cpu, served)),
+        "worker_busy_percent": sampler.median_busy_percent(),
         "wall_seconds": round(elapsed, 1),
         "unloaded_latency_ms": unloaded_ms,
         "thread_bound_rps": ratio(args.workers * args.threads * 1000, unloaded_ms),
@@ -277,8 +304,8 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000
 
 
-def ratio(a: float, b: float) -> float | None:
-    return a / b if b else None
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def embedded_server_running() -> bool:

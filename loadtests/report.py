@@ -22,6 +22,8 @@ ROWS = [
     ("checkouts_per_request", "checkouts per request", "{:.2f}", None),
     ("max_checked_out", "most connections out at once", "{:d}", None),
     ("requests_ended_holding", "requests that ended holding (leaks)", "{:d}", None),
+    ("worker_cpu_ms_per_request", "worker CPU per request (ms)", "{:.2f}", "down"),
+    ("worker_busy_percent", "worker CPU busy under load (% of one core)", "{:.0f}", None),
 ]
 
 

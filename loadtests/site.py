@@ -13,6 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -90,6 +92,14 @@ class Site:
                 time.sleep(0.2)
         self.stop()
         raise StartError(f"the site on {self.url} was not ready within {timeout}s:\n{self.log_tail()}")
+
+    def worker_cpu_seconds(self) -> float | None:
+        """CPU time (user and system) the gunicorn workers have used so far; None if unreadable."""
+        try:
+            workers = psutil.Process(self.process.pid).children()
+            return sum(sum(worker.cpu_times()[:2]) for worker in workers)
+        except (psutil.Error, AttributeError):  # not started, or gone
+            return None
 
     def log_tail(self, lines: int = 30) -> str:
         try:

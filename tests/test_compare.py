@@ -49,7 +49,7 @@ def gunicorns_started_by(pid: int) -> list[psutil.Process]:
 def test_a_short_run_writes_the_three_reports_and_prints_the_table(tmp_path):
     port = free_port()
     result = compare(
-        tmp_path, "--scenarios", "raw", "--duration", "3", "--users", "4", "--threads", "4",
+        tmp_path, "--scenarios", "raw", "--duration", "6", "--users", "4", "--threads", "4",
         "--external-latency-ms", "20", "--overhead-rounds", "1", "--port", str(port), "--seed", "small",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
@@ -66,6 +66,10 @@ def test_a_short_run_writes_the_three_reports_and_prints_the_table(tmp_path):
         # One request on the idle server takes the external call and a little more.
         assert sides[side]["unloaded_latency_ms"] > 20
         assert sides[side]["thread_bound_rps"] == pytest.approx(4 * 1000 / sides[side]["unloaded_latency_ms"])
+    for side in ("baseline", "release"):
+        # Read from the gunicorn worker's own CPU time: per request, and every five seconds.
+        assert sides[side]["worker_cpu_ms_per_request"] > 0
+        assert sides[side]["worker_busy_percent"] > 0
     assert "native" in report["overhead"]
     assert {sides["baseline"]["ran"], sides["release"]["ran"]} == {1, 2}
     assert "side ran first." in (tmp_path / "report" / "report.md").read_text()
