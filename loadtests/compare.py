@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -181,25 +182,39 @@ class Sampler(threading.Thread):
         return statistics.median(self.busy_percents) if self.busy_percents else None
 
 
-def unloaded_latency_ms(site: Site, scenario: str, requests: int = 15) -> float | None:
-    """Median time of the scenario's request on the idle server, one at a time.
+@dataclass(frozen=True)
+class IdleReading:
+    """The scenario's request timed one at a time on the idle server."""
+
+    latency_ms: float | None = None  # median
+    hold_mean_ms: float | None = None  # per checkout, with no other request in the worker
+
+
+def on_the_idle_server(site: Site, scenario: str, requests: int = 15) -> IdleReading:
+    """Time the scenario's request alone, before the load.
 
     The thread bound is the most a worker's threads can serve if every request
-    took that long: threads ÷ this time. None for scenarios that mix requests.
+    took that long: threads ÷ this time. The hold per checkout is what a query
+    costs with no other thread wanting the worker's CPU; under load, the rest is
+    waiting for it. Nothing for scenarios that mix requests.
     """
     path = SINGLE_REQUEST_PATHS.get(scenario)
     if path is None:
-        return None
+        return IdleReading()
     with urllib.request.urlopen(f"{site.url}/api/orm/products/?page_size=1", timeout=10) as response:
         product = json.load(response)["results"][0]["id"]
     url = site.url + path.format(product=product)
     times = []
-    for _ in range(requests + 2):  # two to warm up
+    before = None
+    for attempt in range(requests + 2):  # two to warm up
+        if attempt == 2:
+            before = measure.fetch(site.url)
         started = time.perf_counter()
         with urllib.request.urlopen(url, timeout=10) as response:
             response.read()
         times.append(time.perf_counter() - started)
-    return statistics.median(times[2:]) * 1000
+    hold = measure.Window(before, measure.fetch(site.url)).mean("db_connection_hold_seconds")
+    return IdleReading(latency_ms=statistics.median(times[2:]) * 1000, hold_mean_ms=ms(hold))
 
 
 def run_locust(site: Site, scenario: str, args, out: Path, customers: str) -> dict:
@@ -250,7 +265,7 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
     reset_shop()
     say(f"{label}: starting gunicorn ({args.workers}x{args.threads} threads, pool {args.pool_size})")
     with Site(config, args.port, args.out) as site:
-        unloaded_ms = unloaded_latency_ms(site, scenario)
+        idle = on_the_idle_server(site, scenario)
         before = measure.fetch(site.url)
         cpu_before = site.worker_cpu_seconds()
         sampler = Sampler(site, label, args.duration, config)
@@ -295,8 +310,9 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
         "worker_cpu_ms_per_request": ms(ratio(cpu, served)),
         "worker_busy_percent": sampler.median_busy_percent(),
         "wall_seconds": round(elapsed, 1),
-        "unloaded_latency_ms": unloaded_ms,
-        "thread_bound_rps": ratio(args.workers * args.threads * 1000, unloaded_ms),
+        "unloaded_latency_ms": idle.latency_ms,
+        "unloaded_hold_mean_ms": idle.hold_mean_ms,
+        "thread_bound_rps": ratio(args.workers * args.threads * 1000, idle.latency_ms),
     }
 
 

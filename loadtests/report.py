@@ -17,6 +17,7 @@ ROWS = [
     ("latency_p99_ms", "latency p99 (ms)", "{:.0f}", "down"),
     ("hold_mean_ms", "hold per checkout, mean (ms)", "{:.2f}", "down"),
     ("hold_p95_ms", "hold per checkout, p95 (ms)", "{:.2f}", "down"),
+    ("unloaded_hold_mean_ms", "hold per checkout on the idle server, mean (ms)", "{:.2f}", "down"),
     ("wait_mean_ms", "wait for the pool, mean (ms)", "{:.2f}", "down"),
     ("wait_p95_ms", "wait for the pool, p95 (ms)", "{:.2f}", "down"),
     ("checkouts_per_request", "checkouts per request", "{:.2f}", None),

@@ -66,6 +66,9 @@ def test_a_short_run_writes_the_three_reports_and_prints_the_table(tmp_path):
         # One request on the idle server takes the external call and a little more.
         assert sides[side]["unloaded_latency_ms"] > 20
         assert sides[side]["thread_bound_rps"] == pytest.approx(4 * 1000 / sides[side]["unloaded_latency_ms"])
+    # Alone on the server, baseline holds its connection through the 20 ms call; release does not.
+    assert sides["baseline"]["unloaded_hold_mean_ms"] > 20
+    assert 0 < sides["release"]["unloaded_hold_mean_ms"] < 20
     for side in ("baseline", "release"):
         # Read from the gunicorn worker's own CPU time: per request, and every five seconds.
         assert sides[side]["worker_cpu_ms_per_request"] > 0
