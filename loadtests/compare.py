@@ -204,17 +204,20 @@ def on_the_idle_server(site: Site, scenario: str, requests: int = 15) -> IdleRea
     with urllib.request.urlopen(f"{site.url}/api/orm/products/?page_size=1", timeout=10) as response:
         product = json.load(response)["results"][0]["id"]
     url = site.url + path.format(product=product)
-    times = []
-    before = None
-    for attempt in range(requests + 2):  # two to warm up
-        if attempt == 2:
-            before = measure.fetch(site.url)
-        started = time.perf_counter()
-        with urllib.request.urlopen(url, timeout=10) as response:
-            response.read()
-        times.append(time.perf_counter() - started)
+    for _ in range(2):  # warm up
+        timed_get(url)
+    before = measure.fetch(site.url)
+    times = [timed_get(url) for _ in range(requests)]
     hold = measure.Window(before, measure.fetch(site.url)).mean("db_connection_hold_seconds")
-    return IdleReading(latency_ms=statistics.median(times[2:]) * 1000, hold_mean_ms=ms(hold))
+    return IdleReading(latency_ms=statistics.median(times) * 1000, hold_mean_ms=ms(hold))
+
+
+def timed_get(url: str) -> float:
+    """Seconds to GET `url` and read the answer."""
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=10) as response:
+        response.read()
+    return time.perf_counter() - started
 
 
 def run_locust(site: Site, scenario: str, args, out: Path, customers: str) -> dict:
