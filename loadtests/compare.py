@@ -34,7 +34,7 @@ from django.db import connections
 
 from loadtests import measure, report
 from loadtests.scenarios import SCENARIOS, SINGLE_REQUEST_PATHS
-from loadtests.site import BASE_DIR, Site, SiteConfig, StartError, ensure_port_free
+from loadtests.site import BASE_DIR, Site, SiteConfig, StartError, cpu_used, ensure_port_free
 
 SIDES = {"baseline": "request", "release": "cursor"}
 
@@ -131,8 +131,9 @@ class Sampler(threading.Thread):
     """Reads /metrics every half second: the most connections out at once, and progress.
 
     Every five seconds it also notes how busy the workers were, in percent of
-    one core each: Python runs one thread of a process at a time, so a worker
-    near 100% is bound by its CPU, whatever its threads and its pool allow.
+    one core each (the mean over the workers): Python runs one thread of a
+    process at a time, so a worker near 100% is bound by its CPU, whatever its
+    threads and its pool allow.
     """
 
     def __init__(self, site: Site, label: str, duration: int, config: SiteConfig) -> None:
@@ -146,70 +147,71 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         started = time.monotonic()
-        last_print, last_count, last_cpu = started, None, None
+        last = None  # (clock, requests, worker CPU) at the last progress line
         while not self.stopping.wait(0.5):
             try:
                 scrape = measure.fetch(self.site.url, timeout=5)
             except OSError:
                 continue
+            now, cpu = time.monotonic(), self.site.worker_cpu_seconds()
             checked_out = scrape.total("db_connections_checked_out")
             self.max_checked_out = max(self.max_checked_out, checked_out)
             count = scrape.total("db_request_checkouts_count")
-            now = time.monotonic()
-            if last_count is not None and now - last_print >= 5:
-                rate = (count - last_count) / (now - last_print)
-                elapsed = min(self.duration, int(now - started))
-                busy = self.busy_since(last_cpu, now - last_print)
-                say(
-                    f"  {self.label}: {elapsed}/{self.duration} s, {rate:.0f} req/s, "
-                    f"{checked_out:.0f}/{self.pool_size} connections checked out"
-                    + (f", worker CPU {busy:.0f}%" if busy is not None else "")
-                )
-                last_print, last_count, last_cpu = now, count, self.site.worker_cpu_seconds()
-            elif last_count is None:
-                last_count, last_cpu = count, self.site.worker_cpu_seconds()
+            if last is None:
+                last = (now, count, cpu)
+                continue
+            then, count_then, cpu_then = last
+            if now - then < 5:
+                continue
+            busy = self.busy_percent(cpu_used(cpu_then, cpu), now - then)
+            if busy is not None:
+                self.busy_percents.append(busy)
+            say(
+                f"  {self.label}: {min(self.duration, int(now - started))}/{self.duration} s, "
+                f"{(count - count_then) / (now - then):.0f} req/s, "
+                f"{checked_out:.0f}/{self.pool_size} connections checked out"
+                + (f", worker CPU {busy:.0f}%" if busy is not None else "")
+            )
+            last = (now, count, cpu)
 
-    def busy_since(self, cpu_then: float | None, seconds: float) -> float | None:
-        """Percent of one core per worker used since `cpu_then`, noted for the report."""
-        cpu_now = self.site.worker_cpu_seconds()
-        if cpu_then is None or cpu_now is None:
-            return None
-        busy = 100 * (cpu_now - cpu_then) / (seconds * self.workers)
-        self.busy_percents.append(busy)
-        return busy
+    def busy_percent(self, cpu_seconds: float | None, seconds: float) -> float | None:
+        """Percent of one core per worker that `cpu_seconds` of CPU in `seconds` of time make."""
+        return None if cpu_seconds is None else 100 * cpu_seconds / (seconds * self.workers)
 
     def median_busy_percent(self) -> float | None:
         return statistics.median(self.busy_percents) if self.busy_percents else None
 
 
 @dataclass(frozen=True)
-class IdleReading:
+class Unloaded:
     """The scenario's request timed one at a time on the idle server."""
 
     latency_ms: float | None = None  # median
     hold_mean_ms: float | None = None  # per checkout, with no other request in the worker
 
 
-def on_the_idle_server(site: Site, scenario: str, requests: int = 15) -> IdleReading:
+def measure_unloaded(site: Site, scenario: str, requests: int = 15) -> Unloaded:
     """Time the scenario's request alone, before the load.
 
     The thread bound is the most a worker's threads can serve if every request
-    took that long: threads ÷ this time. The hold per checkout is what a query
-    costs with no other thread wanting the worker's CPU; under load, the rest is
-    waiting for it. Nothing for scenarios that mix requests.
+    took that long: threads ÷ this time. The hold per checkout is what a
+    checkout of this request costs with no other thread wanting the worker's
+    CPU. Nothing for scenarios that mix requests.
     """
     path = SINGLE_REQUEST_PATHS.get(scenario)
     if path is None:
-        return IdleReading()
+        return Unloaded()
     with urllib.request.urlopen(f"{site.url}/api/orm/products/?page_size=1", timeout=10) as response:
         product = json.load(response)["results"][0]["id"]
     url = site.url + path.format(product=product)
-    for _ in range(2):  # warm up
+    # Warm up, and use every pooled connection once: a connection's first
+    # checkout is pinged, which is not what the timed requests should show.
+    for _ in range(site.config.pool_size + 2):
         timed_get(url)
     before = measure.fetch(site.url)
     times = [timed_get(url) for _ in range(requests)]
     hold = measure.Window(before, measure.fetch(site.url)).mean("db_connection_hold_seconds")
-    return IdleReading(latency_ms=statistics.median(times) * 1000, hold_mean_ms=ms(hold))
+    return Unloaded(latency_ms=statistics.median(times) * 1000, hold_mean_ms=ms(hold))
 
 
 def timed_get(url: str) -> float:
@@ -268,7 +270,7 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
     reset_shop()
     say(f"{label}: starting gunicorn ({args.workers}x{args.threads} threads, pool {args.pool_size})")
     with Site(config, args.port, args.out) as site:
-        idle = on_the_idle_server(site, scenario)
+        unloaded = measure_unloaded(site, scenario)
         before = measure.fetch(site.url)
         cpu_before = site.worker_cpu_seconds()
         sampler = Sampler(site, label, args.duration, config)
@@ -288,7 +290,7 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
         elapsed = time.monotonic() - started
     window = measure.Window(before, after)
     served = window.delta("db_request_checkouts_count")
-    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    cpu = cpu_used(cpu_before, cpu_after)
     return {
         "rps": served / args.duration,
         "requests": served,
@@ -313,9 +315,9 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
         "worker_cpu_ms_per_request": ms(ratio(cpu, served)),
         "worker_busy_percent": sampler.median_busy_percent(),
         "wall_seconds": round(elapsed, 1),
-        "unloaded_latency_ms": idle.latency_ms,
-        "unloaded_hold_mean_ms": idle.hold_mean_ms,
-        "thread_bound_rps": ratio(args.workers * args.threads * 1000, idle.latency_ms),
+        "unloaded_latency_ms": unloaded.latency_ms,
+        "unloaded_hold_mean_ms": unloaded.hold_mean_ms,
+        "thread_bound_rps": ratio(args.workers * args.threads * 1000, unloaded.latency_ms),
     }
 
 

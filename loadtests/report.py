@@ -24,7 +24,7 @@ ROWS = [
     ("max_checked_out", "most connections out at once", "{:d}", None),
     ("requests_ended_holding", "requests that ended holding (leaks)", "{:d}", None),
     ("worker_cpu_ms_per_request", "worker CPU per request (ms)", "{:.2f}", "down"),
-    ("worker_busy_percent", "worker CPU busy under load (% of one core)", "{:.0f}", None),
+    ("worker_busy_percent", "worker CPU busy under load (% of a core per worker)", "{:.0f}", None),
 ]
 
 

@@ -18,6 +18,13 @@ import psutil
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
+def cpu_used(before: float | None, after: float | None) -> float | None:
+    """CPU seconds between two worker_cpu_seconds() readings; None if either is missing."""
+    if before is None or after is None or after < before:
+        return None
+    return after - before
+
+
 class StartError(RuntimeError):
     """The site could not be started; the message says why."""
 
@@ -94,12 +101,23 @@ class Site:
         raise StartError(f"the site on {self.url} was not ready within {timeout}s:\n{self.log_tail()}")
 
     def worker_cpu_seconds(self) -> float | None:
-        """CPU time (user and system) the gunicorn workers have used so far; None if unreadable."""
-        try:
-            workers = psutil.Process(self.process.pid).children()
-            return sum(sum(worker.cpu_times()[:2]) for worker in workers)
-        except (psutil.Error, AttributeError):  # not started, or gone
+        """CPU time (user and system) the gunicorn workers have used so far; None if unreadable.
+
+        A worker gunicorn replaced during the run still counts: the master's
+        children_* times hold what its exited children used.
+        """
+        if self.process is None:
             return None
+        try:
+            master = psutil.Process(self.process.pid)
+            exited = master.cpu_times()
+            total = exited.children_user + exited.children_system
+            for worker in master.children():
+                times = worker.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:  # gone
+            return None
+        return total
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -48,6 +48,7 @@ def gunicorns_started_by(pid: int) -> list[psutil.Process]:
 
 def test_a_short_run_writes_the_three_reports_and_prints_the_table(tmp_path):
     port = free_port()
+    # Six seconds: long enough for one of the runner's five-second CPU readings.
     result = compare(
         tmp_path, "--scenarios", "raw", "--duration", "6", "--users", "4", "--threads", "4",
         "--external-latency-ms", "20", "--overhead-rounds", "1", "--port", str(port), "--seed", "small",
@@ -72,10 +73,13 @@ def test_a_short_run_writes_the_three_reports_and_prints_the_table(tmp_path):
     for side in ("baseline", "release"):
         # Read from the gunicorn worker's own CPU time: per request, and every five seconds.
         assert sides[side]["worker_cpu_ms_per_request"] > 0
-        assert sides[side]["worker_busy_percent"] > 0
+        assert 0 < sides[side]["worker_busy_percent"] < 100 * os.cpu_count()
     assert "native" in report["overhead"]
     assert {sides["baseline"]["ran"], sides["release"]["ran"]} == {1, 2}
-    assert "side ran first." in (tmp_path / "report" / "report.md").read_text()
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "side ran first." in markdown
+    for row in ("| hold per checkout on the idle server", "| worker CPU per request", "| worker CPU busy"):
+        assert row in markdown
     for name in ("report.md", "report.html", "throughput.png", "latency.png", "hold.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0, name
     assert "| throughput (req/s) |" in result.stdout
@@ -145,3 +149,33 @@ def test_bad_options_are_refused_with_the_choices():
     )  # fmt: skip
     assert result.returncode == 2
     assert "unknown scenario(s) turbo" in result.stderr
+
+
+def test_worker_cpu_counts_a_worker_that_has_exited(tmp_path):
+    """gunicorn may replace a worker mid-run; what the old one used must not vanish from the sum."""
+    from loadtests.site import Site, SiteConfig, cpu_used
+
+    site = Site(SiteConfig("cursor", "native", 1, 1, 1, 0), free_port(), tmp_path)
+    assert site.worker_cpu_seconds() is None  # not started
+    # A stand-in master: one child burns 0.3 s of CPU and exits, and the master reaps it.
+    master = (
+        "import os, time\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    start = time.process_time()\n"
+        "    while time.process_time() - start < 0.3: pass\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "print('reaped', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    site.process = subprocess.Popen([sys.executable, "-c", master], stdout=subprocess.PIPE, text=True)
+    try:
+        assert site.process.stdout.readline().strip() == "reaped"
+        assert site.worker_cpu_seconds() >= 0.25
+    finally:
+        site.process.kill()
+        site.process.wait()
+    assert cpu_used(1.0, 3.5) == 2.5
+    assert cpu_used(None, 3.5) is None
+    assert cpu_used(3.5, 1.0) is None  # a reading lost to a race: no figure rather than a wrong one
