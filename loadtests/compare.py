@@ -153,16 +153,17 @@ class Sampler(threading.Thread):
                 scrape = measure.fetch(self.site.url, timeout=5)
             except OSError:
                 continue
-            now, cpu = time.monotonic(), self.site.worker_cpu_seconds()
+            now = time.monotonic()
             checked_out = scrape.total("db_connections_checked_out")
             self.max_checked_out = max(self.max_checked_out, checked_out)
             count = scrape.total("db_request_checkouts_count")
             if last is None:
-                last = (now, count, cpu)
+                last = (now, count, self.site.worker_cpu_seconds())
                 continue
             then, count_then, cpu_then = last
             if now - then < 5:
                 continue
+            cpu = self.site.worker_cpu_seconds()  # only when a reading is due
             busy = self.busy_percent(cpu_used(cpu_then, cpu), now - then)
             if busy is not None:
                 self.busy_percents.append(busy)

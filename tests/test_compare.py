@@ -28,13 +28,18 @@ METRIC_KEYS = {
 }  # fmt: skip
 
 
-def compare(tmp_path, *args: str) -> subprocess.CompletedProcess:
+def tool_env() -> dict[str, str]:
+    """The environment a load-test tool runs in: the test database, its own settings."""
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env["DATABASE_URL"] = database_url_for_tests()
+    return env
+
+
+def compare(tmp_path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "loadtests.compare", "--out", str(tmp_path / "report"), *args],
         cwd=ROOT,
-        env=env,
+        env=tool_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -100,12 +105,10 @@ def test_a_taken_port_is_reported_and_nothing_is_left_running(tmp_path):
 
 
 def test_the_overhead_benchmark_prints_json_alone_with_json(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    env["DATABASE_URL"] = database_url_for_tests()
     result = subprocess.run(
         [sys.executable, "-m", "loadtests.overhead", "--json", "--rounds", "2", "--queries", "3",
          "--pools", "native"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     native = json.loads(result.stdout)["native"]
@@ -118,11 +121,9 @@ def test_the_overhead_benchmark_prints_json_alone_with_json(tmp_path):
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_instruction_counts_put_the_engine_above_the_bare_pool():
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    env["DATABASE_URL"] = database_url_for_tests()
     result = subprocess.run(
         [sys.executable, "-m", "loadtests.instructions", "--checkouts", "50"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     counts = {
