@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -122,6 +123,7 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "django": django.get_version(),
+        "gunicorn": importlib.metadata.version("gunicorn"),
         "system": f"{platform.system()} {platform.release()}",
         "commit": commit or None,
     }

@@ -50,7 +50,8 @@ def summary(results: dict) -> str:
         f"pool size {config['pool_size']}, {config['users']} users, {config['duration']} s per side, "
         f"external call {config['external_latency_ms']} ms (no server with these threads beats "
         f"{config['latency_ceiling_rps']:.0f} req/s). Machine: {m['cpu']} ({m['cores']} cores), "
-        f"Python {m['python']}, Django {m['django']}, commit {m['commit']}."
+        f"Python {m['python']}, Django {m['django']}, gunicorn {m.get('gunicorn', '?')}, "
+        f"commit {m['commit']}."
     )
 
 
