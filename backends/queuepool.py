@@ -22,6 +22,10 @@ except ImportError as exc:
     ) from exc
 
 
+# Kept on the psycopg connection, as backends.health keeps its timestamp there.
+_CONFIGURED = "_connection_release_configured"
+
+
 class QueuePoolMixin:
     """QueuePool's proxy of a connection is what Django sees as ``self.connection``.
 
@@ -70,7 +74,23 @@ class QueuePoolMixin:
         # find the pool there, then do exactly this.
         connection = pool.connect()
         connection.info = connection.dbapi_connection.info
+        self.configure_once(connection)
         return connection
+
+    def configure_once(self, connection) -> None:
+        """Set the time zone and role on a connection QueuePool opened since the last connect().
+
+        Django sets them in connect() (init_connection_state()), which a
+        release engine runs only for a thread's first checkout; QueuePool opens
+        its connections without them. psycopg_pool has a ``configure`` hook for
+        this, QueuePool does not, so each connection is marked once done.
+        """
+        dbapi_connection = connection.dbapi_connection
+        if getattr(dbapi_connection, _CONFIGURED, False):
+            return
+        if self._configure_connection(connection) and not dbapi_connection.autocommit:
+            dbapi_connection.commit()
+        setattr(dbapi_connection, _CONFIGURED, True)
 
     def checkout_params(self) -> dict:
         """Parameters for get_new_connection(), which creates the pool with them if it is missing."""

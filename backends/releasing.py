@@ -6,7 +6,8 @@ HTTP call or renders a template holds a pool slot while doing nothing with it.
 
 Here the connection goes back to the pool the moment nothing can still use it:
 
-* no transaction is open (not inside ``atomic()``, autocommit on), and
+* no transaction is open (not inside ``atomic()``, autocommit on, and none
+  begun with a raw ``BEGIN``), and
 * no cursor opened on this checkout is still open.
 
 That is checked when a cursor closes (Django's ORM closes its cursors as soon as
@@ -29,9 +30,16 @@ from __future__ import annotations
 
 import _thread
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.signals import connection_created
+from psycopg.pq import TransactionStatus
 
 from backends.instrumentation import Checkout
+
+# What the server says of a connection inside a transaction. Outside atomic(),
+# with autocommit on, only SQL like a raw "BEGIN" gets it there; a broken
+# connection (UNKNOWN) is given back, for the pool to throw away.
+OPEN_TRANSACTION = frozenset({TransactionStatus.INTRANS, TransactionStatus.INERROR})
 
 
 class ConnectionReleaseMixin:
@@ -39,8 +47,15 @@ class ConnectionReleaseMixin:
 
     release_engine = "release"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings_dict, *args, **kwargs) -> None:
+        super().__init__(settings_dict, *args, **kwargs)
+        if not settings_dict.get("AUTOCOMMIT", True):
+            raise ImproperlyConfigured(
+                f"DATABASES[{self.alias!r}] sets AUTOCOMMIT to False, so every connection is in a "
+                f"transaction from its first query and {settings_dict['ENGINE']!r} could never give "
+                "one back early. Remove AUTOCOMMIT (it defaults to True) and use transaction.atomic() "
+                "where you need a transaction, or use a baseline engine."
+            )
         # True from a release until the next checkout: the wrapper is exactly as
         # connect() left it, less the connection.
         self.released = False
@@ -79,6 +94,10 @@ class ConnectionReleaseMixin:
             # Only the owning thread gives the connection back: a finalizer or a
             # garbage-collector run in another thread never does.
             and self._thread_ident == _thread.get_ident()
+            # Django's flags miss a transaction begun with raw SQL, which the
+            # pool would roll back. libpq knows; read it there rather than
+            # through connection.info, which builds an enum on every read.
+            and self.connection.pgconn.transaction_status not in OPEN_TRANSACTION
         ):
             self.release()
 
@@ -107,8 +126,12 @@ class ConnectionReleaseMixin:
         self.errors_occurred = False
         self.health_check_done = True  # the pool checks what it hands out
         self.connection = self.get_new_connection(self.checkout_params())
-        # Returned by a wrapper that had switched autocommit off (the pool
-        # rolls back, but leaves the mode): switch it back on.
-        self._set_autocommit(True)
-        connection_created.send(sender=self.__class__, connection=self)
-        self.begin_checkout()
+        try:
+            # Returned by a wrapper that had switched autocommit off (the pool
+            # rolls back, but leaves the mode): switch it back on.
+            self._set_autocommit(True)
+            connection_created.send(sender=self.__class__, connection=self)
+        finally:
+            # Even if a receiver raised: the connection is the caller's, and its
+            # cursors must count, or it would never go back before close().
+            self.begin_checkout()

@@ -59,6 +59,17 @@ def test_persistent_connections_are_refused(make):
         open_alias(make(CONN_MAX_AGE=60))
 
 
+@pytest.mark.parametrize("make", [native, queue_pooled], ids=["native", "dj_db_conn_pool"])
+def test_autocommit_off_is_refused_by_a_release_engine(make):
+    with pytest.raises(ImproperlyConfigured, match="Remove AUTOCOMMIT"):
+        open_alias(make(AUTOCOMMIT=False))
+
+
+def test_autocommit_off_is_left_to_the_baseline():
+    wrapper = open_alias(native(ENGINE="backends.baseline", AUTOCOMMIT=False))
+    assert wrapper.settings_dict["AUTOCOMMIT"] is False
+
+
 def test_queue_pool_engine_with_a_native_pool_option_is_refused():
     pytest.importorskip("dj_db_conn_pool")
     with pytest.raises(ImproperlyConfigured, match=r"remove OPTIONS\['pool'\]"):

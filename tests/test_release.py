@@ -6,6 +6,8 @@ import gc
 import logging
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from django.contrib.auth.models import Group
@@ -243,6 +245,23 @@ def test_manual_transaction_holds_the_connection_until_autocommit_is_back(databa
     assert group_names(alias) == {"committed"}
 
 
+def test_a_transaction_begun_with_raw_sql_keeps_the_connection_until_it_ends(database):
+    """Django's own flags miss a raw BEGIN; the server's transaction status does not."""
+    alias = database()
+    with connections[alias].cursor() as cursor:
+        cursor.execute("BEGIN")
+        cursor.execute("INSERT INTO auth_group (name) VALUES (%s)", ["raw"])
+    assert holding(alias), "given back now, the pool would roll the transaction back"
+
+    with connections[alias].cursor() as cursor:
+        cursor.execute("COMMIT")  # on the same connection, so the row is committed
+
+    assert not holding(alias)
+    seen = Worker(lambda: group_names(alias))
+    seen.start()
+    assert seen.finish() == {"raw"}
+
+
 def test_borrowing_again_switches_autocommit_back_on(database):
     """A connection another thread gave back in manual-transaction mode comes back in autocommit."""
     alias = database(max_size=1)
@@ -284,6 +303,28 @@ def test_connection_created_is_sent_for_every_checkout(database):
         connection_created.disconnect(count)
     assert len(created) == 2
     assert all(conn is not None for conn in created)
+
+
+def test_a_connection_created_receiver_that_raises_leaves_a_checkout_that_can_end(database):
+    alias = database()
+    backend_pid(alias)  # the first checkout, so the next one borrows again
+
+    def fail(sender, connection, **kwargs) -> None:
+        if connection.alias == alias:
+            raise RuntimeError("a receiver failed")
+
+    connection_created.connect(fail)
+    try:
+        with pytest.raises(RuntimeError):
+            connections[alias].cursor()
+    finally:
+        connection_created.disconnect(fail)
+    assert holding(alias)
+
+    # The connection was borrowed all the same; its next cursor counts and gives it back.
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    assert not holding(alias)
 
 
 def test_cursor_opened_inside_atomic_keeps_the_connection_after_commit(database):
@@ -417,12 +458,10 @@ def terminate(pid: int) -> None:
         assert cursor.fetchone() == (True,)
 
 
-def test_every_connection_the_pool_hands_out_has_the_configured_isolation_level(database):
-    alias = database(max_size=2, options={"isolation_level": IsolationLevel.REPEATABLE_READ})
+@contextmanager
+def first_connection_held_elsewhere(alias: str) -> Iterator[None]:
+    """Another thread holds the pool's first connection: this thread's next checkout gets a new one."""
     Group.objects.using(alias).count()  # the first checkout, which opens the pool
-
-    # Another thread keeps the pool's first connection, so the next checkout
-    # here gets a second one, made after the pool was open.
     taken, done = threading.Event(), threading.Event()
 
     def hold_one() -> None:
@@ -435,14 +474,32 @@ def test_every_connection_the_pool_hands_out_has_the_configured_isolation_level(
     other.start()
     assert taken.wait(10)
     try:
-        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-            cursor.execute("SHOW transaction_isolation")
-            assert cursor.fetchone()[0] == "repeatable read"
-        assert usage(alias).size == 2
+        yield
+        assert usage(alias).size == 2, "the checkout above got a connection made after the pool opened"
     finally:
         done.set()
         other.finish()
     assert other.error is None
+
+
+def test_every_connection_the_pool_hands_out_has_the_configured_isolation_level(database):
+    alias = database(max_size=2, options={"isolation_level": IsolationLevel.REPEATABLE_READ})
+    with (
+        first_connection_held_elsewhere(alias),
+        transaction.atomic(using=alias),
+        connections[alias].cursor() as cursor,
+    ):
+        cursor.execute("SHOW transaction_isolation")
+        assert cursor.fetchone()[0] == "repeatable read"
+
+
+def test_every_connection_the_pool_hands_out_has_djangos_time_zone(database):
+    # The server starts these sessions in another time zone than Django's (UTC):
+    # each new connection needs Django's SET TIME ZONE before its first query.
+    alias = database(max_size=2, options={"options": "-c TimeZone=Asia/Tokyo"})
+    with first_connection_held_elsewhere(alias), connections[alias].cursor() as cursor:
+        cursor.execute("SHOW TimeZone")
+        assert cursor.fetchone()[0] == connections[alias].timezone_name == "UTC"
 
 
 def test_the_checkout_check_sees_data_and_end_of_file_on_a_socket():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -29,11 +30,19 @@ def test_two_gunicorn_workers_add_up_in_metrics(serve):
             sent += 32
     assert len(worker_pids()) == 2, "both workers served requests"
 
-    status, text = get(f"{server.base}/metrics")
-    assert status == 200
-    assert Scrape.parse(text).total("db_connection_checkouts_total", alias="default") == sent
-    assert Scrape.parse(text).total("db_connection_hold_seconds_count", alias="default") == sent
-    assert Scrape.parse(text).total("db_request_checkouts_count", alias="default") == sent
+    # A request is summed up (db_request_*) once gunicorn has closed its
+    # response, which may be just after the client read it: allow a moment.
+    deadline = time.monotonic() + 5
+    while True:
+        status, text = get(f"{server.base}/metrics")
+        assert status == 200
+        scrape = Scrape.parse(text)
+        if scrape.total("db_request_checkouts_count", alias="default") >= sent or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert scrape.total("db_connection_checkouts_total", alias="default") == sent
+    assert scrape.total("db_connection_hold_seconds_count", alias="default") == sent
+    assert scrape.total("db_request_checkouts_count", alias="default") == sent
 
 
 def test_asgi_entry_runs_under_uvicorn_workers(serve):
