@@ -33,7 +33,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from loadtests import measure, report
+from loadtests import measure, report, rounds
 from loadtests.scenarios import SCENARIOS, SINGLE_REQUEST_PATHS
 from loadtests.site import BASE_DIR, Site, SiteConfig, StartError, cpu_used, ensure_port_free
 
@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool", choices=["native", "dj_db_conn_pool"], default="native")
     parser.add_argument("--port", type=int, default=8100, help="where the site listens (default 8100)")
     parser.add_argument("--seed", default="small", help="seed size, or 'none' (default small)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of each side per scenario, the first side alternating; "
+                        "the report gives medians (default 1)")  # fmt: skip
     parser.add_argument("--overhead-rounds", type=int, default=20, help="0 skips the per-query benchmark")
     parser.add_argument("--out", type=Path, help="report folder (default reports/<timestamp>/)")
     args = parser.parse_args(argv)
@@ -63,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    for name in ("duration", "users", "pool_size", "threads", "workers"):
+    for name in ("duration", "users", "pool_size", "threads", "workers", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.external_latency_ms < 0:
@@ -225,8 +228,8 @@ def timed_get(url: str) -> float:
     return time.perf_counter() - started
 
 
-def run_locust(site: Site, scenario: str, args, out: Path, customers: str) -> dict:
-    prefix = out / "locust" / f"{scenario}-{site.config.release}"
+def run_locust(site: Site, scenario: str, name: str, args, out: Path, customers: str) -> dict:
+    prefix = out / "locust" / name
     prefix.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "locust",
@@ -260,7 +263,7 @@ def side_order(scenario_index: int) -> list[str]:
     return sides if scenario_index % 2 == 0 else sides[::-1]
 
 
-def one_side(scenario: str, side: str, args, customers: str) -> dict:
+def one_side(scenario: str, side: str, args, customers: str, round_number: int = 1) -> dict:
     config = SiteConfig(
         release=SIDES[side],
         pool=args.pool,
@@ -269,7 +272,8 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
         threads=args.threads,
         external_latency_ms=args.external_latency_ms,
     )
-    label = f"{scenario}/{side}"
+    label = f"{scenario}/{side}" + (f" (round {round_number}/{args.rounds})" if args.rounds > 1 else "")
+    files = f"{scenario}-{config.release}" + (f"-round{round_number}" if args.rounds > 1 else "")
     reset_shop()
     say(f"{label}: starting gunicorn ({args.workers}x{args.threads} threads, pool {args.pool_size})")
     with Site(config, args.port, args.out) as site:
@@ -281,7 +285,7 @@ def one_side(scenario: str, side: str, args, customers: str) -> dict:
         say(f"{label}: {args.users} users for {args.duration} s")
         started = time.monotonic()
         try:
-            locust = run_locust(site, scenario, args, args.out, customers)
+            locust = run_locust(site, scenario, files, args, args.out, customers)
         finally:
             # Requests still in flight when Locust stopped finish here; the
             # server's counters see them, Locust does not.
@@ -364,10 +368,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         results: dict = {"config": config, "scenarios": {}}
         for index, scenario in enumerate(args.scenarios):
-            measured = {}
-            for position, side in enumerate(side_order(index), start=1):
-                measured[side] = {**one_side(scenario, side, args, customers), "ran": position}
-            results["scenarios"][scenario] = {side: measured[side] for side in SIDES}
+            runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+            for round_number in range(1, args.rounds + 1):
+                # ABBA...: the side that goes first alternates from round to round too.
+                for position, side in enumerate(side_order(index + round_number - 1), start=1):
+                    run = one_side(scenario, side, args, customers, round_number)
+                    runs[side].append({**run, "ran": position})
+            results["scenarios"][scenario] = {side: rounds.combine(runs[side]) for side in SIDES}
             report.write(results, args.out)  # keep what is done if a later run fails
         if args.overhead_rounds:
             say(f"per-query overhead, one thread ({args.overhead_rounds} rounds per engine)")

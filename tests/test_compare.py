@@ -180,3 +180,63 @@ def test_worker_cpu_counts_a_worker_that_has_exited(tmp_path):
     assert cpu_used(1.0, 3.5) == 2.5
     assert cpu_used(None, 3.5) is None
     assert cpu_used(3.5, 1.0) is None  # a reading lost to a race: no figure rather than a wrong one
+
+
+def a_run(rps: float, **figures) -> dict:
+    """One side's figures from one round, as compare.one_side returns them (the ones that matter here)."""
+    return {
+        "rps": rps, "failures": 0, "pool_timeouts": 0, "max_checked_out": 4, "hold_mean_ms": 1.0,
+        "worker_busy_percent": None, "hold_distribution": [[0.001, 10.0], [float("inf"), 0.0]], "ran": 1,
+        **figures,
+    }  # fmt: skip
+
+
+def test_rounds_fold_into_medians_with_every_failure_and_timeout_kept():
+    from loadtests.rounds import combine
+
+    runs = [
+        a_run(100.0, hold_mean_ms=1.0, failures=2, max_checked_out=3, ran=1),
+        a_run(300.0, hold_mean_ms=9.0, pool_timeouts=1, ran=2),
+        a_run(110.0, hold_mean_ms=2.0, hold_distribution=[[0.001, 5.0], [0.01, 1.0]], ran=1),
+    ]
+    side = combine(runs)
+    assert side["rps"] == 110.0  # the median: one fast spell does not carry the figure
+    assert side["hold_mean_ms"] == 2.0
+    assert side["failures"] == 2 and side["pool_timeouts"] == 1  # added up, never a median of zeros
+    assert side["max_checked_out"] == 4
+    assert side["worker_busy_percent"] is None  # no round had a reading
+    assert side["ran"] is None  # each side went first in some round
+    assert side["hold_distribution"] == [[0.001, 25.0], [0.01, 1.0], [float("inf"), 0.0]]
+    assert [r["rps"] for r in side["rounds"]] == [100.0, 300.0, 110.0]
+    assert combine([runs[0]]) is runs[0]  # one round is reported as it ran
+
+
+def test_a_report_of_several_rounds_says_so_and_gives_each_rounds_ratio():
+    from loadtests import report
+    from loadtests.rounds import combine
+
+    results = {
+        "config": {
+            "pool": "native", "workers": 1, "threads": 32, "pool_size": 4, "users": 64, "duration": 30,
+            "external_latency_ms": 50, "latency_ceiling_rps": 640, "rounds": 2,
+            "machine": {"cpu": "test", "cores": 2, "python": "3", "django": "5", "commit": "abc"},
+        },
+        "scenarios": {
+            "raw": {
+                "baseline": combine([a_run(100.0, ran=1), a_run(50.0, ran=2)]),
+                "release": combine([a_run(400.0, ran=2), a_run(300.0, ran=1)]),
+            }
+        },
+    }  # fmt: skip
+    text = report.markdown(results)
+    assert "Each side ran 2 times" in text
+    assert "Per round, release ÷ baseline: ×4.00, ×6.00." in text
+    assert "Release serves 350.0 req/s" in text and "baseline 75.0 req/s: ×4.67." in text
+    assert "ran first" not in text
+
+
+def test_rounds_below_one_are_refused():
+    from loadtests.compare import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--rounds", "0"])
