@@ -272,8 +272,10 @@ def one_side(scenario: str, side: str, args, customers: str, round_number: int =
         threads=args.threads,
         external_latency_ms=args.external_latency_ms,
     )
-    label = f"{scenario}/{side}" + (f" (round {round_number}/{args.rounds})" if args.rounds > 1 else "")
-    files = f"{scenario}-{config.release}" + (f"-round{round_number}" if args.rounds > 1 else "")
+    label, files = f"{scenario}/{side}", f"{scenario}-{config.release}"
+    if args.rounds > 1:
+        label += f" (round {round_number}/{args.rounds})"
+        files += f"-round{round_number}"
     reset_shop()
     say(f"{label}: starting gunicorn ({args.workers}x{args.threads} threads, pool {args.pool_size})")
     with Site(config, args.port, args.out) as site:
