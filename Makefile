@@ -32,7 +32,7 @@ instructions: install
 
 ## Serve the sample site under gunicorn on the embedded PostgreSQL (or DATABASE_URL).
 run: install
-	@$(BIN)/python -m project.serve
+	@$(BIN)/python -m devtools.serve
 
 ## The test suite, once per pool.
 test: test-native test-dj-db-conn-pool
@@ -51,11 +51,11 @@ lint: install
 	$(BIN)/ruff format --check .
 
 db-start: install
-	@$(BIN)/python -m project.localdb start
+	@$(BIN)/python -m devtools.localdb start
 db-stop: install
-	@$(BIN)/python -m project.localdb stop
+	@$(BIN)/python -m devtools.localdb stop
 db-status: install
-	@$(BIN)/python -m project.localdb status
+	@$(BIN)/python -m devtools.localdb status
 ## Stop the embedded server and delete its data.
 db-reset: db-stop
 	rm -rf .localdb/pgdata

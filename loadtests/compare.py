@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def prepare_database(seed: str) -> str:
     """Database up, migrated and seeded; returns the customer id range for orders."""
-    from project.serve import configure_environment, prepare
+    from devtools.serve import configure_environment, prepare
 
     configure_environment()
     prepare(None if seed == "none" else seed)
@@ -341,13 +341,13 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def embedded_server_running() -> bool:
     if os.environ.get("DATABASE_URL"):
         return False
-    from project.localdb import LocalDatabase
+    from devtools.localdb import LocalDatabase
 
     return LocalDatabase().running_server() is not None
 
 
 def stop_embedded_server() -> None:
-    from project.localdb import LocalDatabase
+    from devtools.localdb import LocalDatabase
 
     if LocalDatabase().stop():
         say("stopped the embedded PostgreSQL this run started")

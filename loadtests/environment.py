@@ -12,7 +12,7 @@ def django_environment() -> Iterator[None]:
     import django
     from django.core.management import call_command
 
-    from project.serve import configure_environment
+    from devtools.serve import configure_environment
 
     configure_environment()
     django.setup()

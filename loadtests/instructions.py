@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
 
-    from project.serve import configure_environment
+    from devtools.serve import configure_environment
 
     configure_environment()  # the database, started here rather than under valgrind
     print(f"==> counting {args.checkouts} checkouts per run under valgrind", file=sys.stderr)

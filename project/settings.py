@@ -85,7 +85,7 @@ def _database_url() -> str:
     url = env.str("DATABASE_URL", default="")
     if url:
         return url
-    from project import localdb
+    from devtools import localdb
 
     return localdb.ensure_running().url()
 

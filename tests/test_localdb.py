@@ -11,7 +11,7 @@ import psutil
 import psycopg
 import pytest
 
-from project.localdb import LocalDatabase, LocalDatabaseError, _binary_is_gone, installed_major_version
+from devtools.localdb import LocalDatabase, LocalDatabaseError, _binary_is_gone, installed_major_version
 from tests.conftest import POOL
 
 pytestmark = pytest.mark.skipif(POOL != "native", reason="does not depend on the pool; run once")

@@ -1,4 +1,4 @@
-"""Serve the sample site under gunicorn, ready to use: `python -m project.serve` (`make run`).
+"""Serve the sample site under gunicorn, ready to use: `python -m devtools.serve` (`make run`).
 
 Starts (or reuses) the embedded PostgreSQL unless DATABASE_URL is set, migrates,
 seeds, collects static files, then hands over to gunicorn.
@@ -23,7 +23,7 @@ def say(message: str) -> None:
 
 def secret_key() -> str:
     """A key kept in the git-ignored .localdb/, made once per checkout."""
-    from project.localdb import LOCALDB_DIR
+    from devtools.localdb import LOCALDB_DIR
 
     path = LOCALDB_DIR / "secret-key"
     if not path.exists():
@@ -36,7 +36,7 @@ def secret_key() -> str:
 def configure_environment() -> str:
     """Point this process (and the ones it starts) at a database; return DATABASE_URL."""
     if not os.environ.get("DATABASE_URL"):
-        from project import localdb
+        from devtools import localdb
 
         say("starting (or reusing) the embedded PostgreSQL")
         os.environ["DATABASE_URL"] = localdb.ensure_running().url()

