@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from apps.metrics.histogram import Histogram
 
 Key = tuple[str, frozenset]
 
@@ -38,6 +39,12 @@ class Scrape:
                 cumulative[float(dict(labels)["le"])] += value
         return dict(cumulative)
 
+    def histogram(self, name: str) -> Histogram:
+        """Histogram `name` since the server started, summed over label sets."""
+        return Histogram.from_cumulative(
+            self.buckets(name), self.total(f"{name}_count"), self.total(f"{name}_sum")
+        )
+
 
 def fetch(base_url: str, timeout: float = 10) -> Scrape:
     with urllib.request.urlopen(f"{base_url}/metrics", timeout=timeout) as response:
@@ -58,31 +65,13 @@ class Window:
         count = self.delta(f"{histogram}_count")
         return self.delta(f"{histogram}_sum") / count if count else None
 
+    def histogram(self, name: str) -> Histogram:
+        """Histogram `name` as observed between the two scrapes."""
+        return self.after.histogram(name).minus(self.before.histogram(name))
+
     def quantile(self, histogram: str, q: float) -> float | None:
-        """Like PromQL's histogram_quantile(): linear within the bucket that holds the quantile."""
-        before, after = self.before.buckets(histogram), self.after.buckets(histogram)
-        bounds = sorted(after)
-        counts = [after[b] - before.get(b, 0.0) for b in bounds]
-        if not counts or counts[-1] <= 0:
-            return None
-        rank = q * counts[-1]
-        lower_bound, lower_count = 0.0, 0.0
-        for bound, count in zip(bounds, counts, strict=True):
-            if count >= rank:
-                if math.isinf(bound):
-                    return lower_bound  # beyond the last finite bucket: its bound is all we know
-                in_bucket = count - lower_count
-                fraction = (rank - lower_count) / in_bucket if in_bucket else 1.0
-                return lower_bound + (bound - lower_bound) * fraction
-            lower_bound, lower_count = bound, count
-        return None
+        return self.histogram(histogram).quantile(q)
 
     def distribution(self, histogram: str) -> list[tuple[float, float]]:
         """(upper bound, count in that bucket) for the window, for charts."""
-        before, after = self.before.buckets(histogram), self.after.buckets(histogram)
-        previous, out = 0.0, []
-        for bound in sorted(after):
-            cumulative = after[bound] - before.get(bound, 0.0)
-            out.append((bound, cumulative - previous))
-            previous = cumulative
-        return out
+        return self.histogram(histogram).pairs()

@@ -2,36 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from apps.metrics import prometheus
-
-
-@dataclass
-class Distribution:
-    """A Prometheus histogram, summed over label sets: per-bucket counts, not cumulative."""
-
-    bounds: list[float] = field(default_factory=list)
-    counts: list[float] = field(default_factory=list)
-    total: float = 0.0
-    sum: float = 0.0
-
-    @property
-    def mean(self) -> float | None:
-        return self.sum / self.total if self.total else None
-
-    def quantile(self, q: float) -> float | None:
-        """Upper bound of the bucket that holds the q-quantile (what the histogram can tell)."""
-        if not self.total:
-            return None
-        seen = 0.0
-        for bound, count in zip(self.bounds, self.counts, strict=True):
-            seen += count
-            if seen >= q * self.total:
-                return bound
-        return math.inf
+from apps.metrics.histogram import Histogram as Distribution  # one quantile for dashboard and reports
 
 
 @dataclass
@@ -51,21 +26,7 @@ class Snapshot:
 
 
 def _distribution(samples: list) -> Distribution:
-    cumulative: dict[float, float] = defaultdict(float)
-    dist = Distribution()
-    for name, labels, value in samples:
-        if name.endswith("_bucket"):
-            cumulative[float(labels["le"])] += value
-        elif name.endswith("_count"):
-            dist.total += value
-        elif name.endswith("_sum"):
-            dist.sum += value
-    previous = 0.0
-    for bound in sorted(cumulative):
-        dist.bounds.append(bound)
-        dist.counts.append(cumulative[bound] - previous)
-        previous = cumulative[bound]
-    return dist
+    return Distribution.from_samples(samples)
 
 
 def take() -> Snapshot:
