@@ -1,4 +1,4 @@
-"""Start the sample site under gunicorn for one side of a comparison, and stop it again."""
+"""Start the sample site under gunicorn (for one side of a comparison, or a test), and stop it again."""
 
 from __future__ import annotations
 
@@ -51,48 +51,52 @@ def ensure_port_free(port: int) -> None:
             ) from None
 
 
-class Site:
-    """One gunicorn serving the shop with `config`, on 127.0.0.1:`port`."""
+class Gunicorn:
+    """gunicorn serving the shop with project/gunicorn.conf.py on 127.0.0.1:`port`.
 
-    def __init__(self, config: SiteConfig, port: int, workdir: Path) -> None:
-        self.config = config
+    The one launcher for the load tools and the tests: `env` is added to this
+    process's environment (DB_RELEASE, pool sizes, GUNICORN_WORKERS, ...); the
+    address and the metrics folder are set here. It runs in a session of its
+    own, so stop() ends gunicorn and its workers together.
+    """
+
+    def __init__(
+        self, port: int, workdir: Path, env: dict[str, str], *extra_args: str, name: str = ""
+    ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.workdir = workdir
-        self.process: subprocess.Popen | None = None
-        self.log_path = workdir / f"gunicorn-{config.release}-{port}.log"
-
-    def start(self, timeout: float = 60) -> None:
-        ensure_port_free(self.port)
-        metrics_dir = self.workdir / f"metrics-{self.port}"
-        env = {
+        self.metrics_dir = workdir / f"metrics-{port}"
+        self.log_path = workdir / f"gunicorn-{name + '-' if name else ''}{port}.log"
+        self.env = {
             **os.environ,
-            "DB_RELEASE": self.config.release,
-            "DB_POOL": self.config.pool,
-            "DB_POOL_MIN_SIZE": str(self.config.pool_size),
-            "DB_POOL_MAX_SIZE": str(self.config.pool_size),
-            "EXTERNAL_LATENCY_MS": str(self.config.external_latency_ms),
-            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
-            "GUNICORN_WORKERS": str(self.config.workers),
-            "GUNICORN_THREADS": str(self.config.threads),
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-            "DJANGO_LOG_LEVEL": "WARNING",
+            "DJANGO_SETTINGS_MODULE": "project.settings",
+            **env,
+            "GUNICORN_BIND": f"127.0.0.1:{port}",
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
         }
-        command = [sys.executable, "-m", "gunicorn", "-c", str(BASE_DIR / "project" / "gunicorn.conf.py")]
-        log = self.log_path.open("w")
-        # A session of its own, so stop() can end gunicorn and its workers together.
-        self.process = subprocess.Popen(
-            command, cwd=BASE_DIR, env=env, stdout=log, stderr=log, start_new_session=True
-        )
-        self._wait_until_ready(timeout)
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
 
-    def _wait_until_ready(self, timeout: float) -> None:
+    def start(self) -> None:
+        command = [sys.executable, "-m", "gunicorn", "-c", str(BASE_DIR / "project" / "gunicorn.conf.py")]
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                [*command, *self.extra_args],
+                cwd=BASE_DIR,
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+
+    def wait_until_ready(self, timeout: float = 60, path: str = "/readyz") -> None:
+        """Until `path` answers 200; StartError (with the log) if gunicorn exits or time runs out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise StartError(f"gunicorn exited at start; its log:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+                with urllib.request.urlopen(f"{self.url}{path}", timeout=2) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, OSError):
@@ -119,11 +123,14 @@ class Site:
             return None
         return total
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log(self) -> str:
         try:
-            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+            return self.log_path.read_text()
         except FileNotFoundError:
             return "(no log)"
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -135,8 +142,29 @@ class Site:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=5)
 
+
+class Site(Gunicorn):
+    """One side of a comparison: the shop with `config`, on 127.0.0.1:`port`, for a `with` block."""
+
+    def __init__(self, config: SiteConfig, port: int, workdir: Path, extra_env: dict | None = None) -> None:
+        env = {
+            "DB_RELEASE": config.release,
+            "DB_POOL": config.pool,
+            "DB_POOL_MIN_SIZE": str(config.pool_size),
+            "DB_POOL_MAX_SIZE": str(config.pool_size),
+            "EXTERNAL_LATENCY_MS": str(config.external_latency_ms),
+            "GUNICORN_WORKERS": str(config.workers),
+            "GUNICORN_THREADS": str(config.threads),
+            "DJANGO_LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
+        }
+        super().__init__(port, workdir, env, name=config.release)
+        self.config = config
+
     def __enter__(self) -> Site:
+        ensure_port_free(self.port)
         self.start()
+        self.wait_until_ready()
         return self
 
     def __exit__(self, *exc) -> None:
