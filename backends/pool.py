@@ -17,6 +17,16 @@ class PoolExhausted(OperationalError):
     """
 
 
+class DatabaseUnreachable(OperationalError):
+    """The pool could not open a connection: the server is down, restarting or refusing.
+
+    Raised by every engine in place of a pool timeout while the pool's own
+    attempts to connect are failing (it would otherwise read as an exhausted
+    pool), and in place of a failed connect. ``backends.errors.transient_cause``
+    tells it apart from ``PoolExhausted`` and from a connection lost mid-request.
+    """
+
+
 @dataclass(frozen=True)
 class PoolUsage:
     """What a pool looks like right now."""
