@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.core.signals import request_finished
 from django.db import connections
+from django.forms import ModelChoiceField
 from django.test import AsyncClient
 
 from apps.catalog.models import Product
@@ -292,6 +294,27 @@ def test_leaky_view_holds_its_connection_through_the_call_and_until_the_request_
     finally:
         end_of_request()
     assert connections["default"].connection is None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(settings.DB_RELEASE != "cursor", reason="stock Django holds the connection all request")
+def test_product_list_renders_the_category_choices_without_a_connection(client, monkeypatch):
+    make_shop()
+    connections["default"].close()
+    held_while_rendering: list[bool] = []
+    label = ModelChoiceField.label_from_instance
+
+    def label_and_look(field, obj):
+        held_while_rendering.append(connections["default"].connection is not None)
+        return label(field, obj)
+
+    monkeypatch.setattr(ModelChoiceField, "label_from_instance", label_and_look)
+    response = client.get("/products/")
+
+    assert response.status_code == 200
+    assert 'value="kitchen"' in response.content.decode()
+    # Read in one query first, not through a server-side cursor open while the <select> renders.
+    assert held_while_rendering == [False, False]
 
 
 # Async ---------------------------------------------------------------------------------------

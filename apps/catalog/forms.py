@@ -1,13 +1,34 @@
 from django import forms
 from django.db.models import Q, QuerySet
+from django.forms.models import ModelChoiceIterator
 
 from apps.catalog.models import Category, Product
+
+
+class ReadFirstChoices(ModelChoiceIterator):
+    """The choices read in one ordinary query, before the first is rendered.
+
+    Django's own iterator reads them through ``.iterator()``: a server-side
+    cursor, open (with its pooled connection) while the template renders the
+    <select>, and cut if the connection is lost meanwhile. A handful of
+    categories does not need streaming.
+    """
+
+    def __iter__(self):
+        if self.field.empty_label is not None:
+            yield ("", self.field.empty_label)
+        for obj in list(self.queryset):
+            yield self.choice(obj)
+
+
+class CategoryChoiceField(forms.ModelChoiceField):
+    iterator = ReadFirstChoices
 
 
 class ProductFilterForm(forms.Form):
     """The product list's query string: ?category=<slug>&q=<text>&min_price=&max_price=&page=."""
 
-    category = forms.ModelChoiceField(
+    category = CategoryChoiceField(
         queryset=Category.objects.all(),
         to_field_name="slug",
         required=False,
