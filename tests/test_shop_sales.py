@@ -62,6 +62,13 @@ def test_report_page_shows_the_same_numbers(client, shop):
     assert "A Long Novel" in content and "37.50" in content
 
 
+@pytest.mark.parametrize("query", ["start=0001-01-01&end=0001-01-02", "start=9999-12-29&end=9999-12-30"])
+def test_report_of_the_first_and_last_days_there_are(client, shop, query):
+    response = client.get(f"/api/raw/reports/sales/?{query}")
+    assert response.status_code == 200
+    assert response.json()["units"] == 0
+
+
 def test_report_of_a_quiet_period_says_so(client, shop):
     response = client.get("/reports/sales/?start=2001-01-01&end=2001-01-31")
     assert response.status_code == 200
@@ -82,6 +89,8 @@ BAD_PARAMETERS = [
     "start=1900-01-01&end=2024-01-01",
     "days=7&start=2024-01-01&end=2024-01-02",
     "start=2024-01-01%27%3B%20DROP%20TABLE%20orders_order%3B--&end=2024-01-02",
+    # The period ends at midnight after the end date: 9999-12-31 has no next day.
+    "start=9999-12-30&end=9999-12-31",
 ]
 
 

@@ -1,9 +1,12 @@
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 
 from django import forms
+from django.core.validators import MaxValueValidator
 from django.utils import timezone
 
 MAX_DAYS = 3_660
+# The period ends at midnight after the end date, which must exist: 9999-12-31 has no next day.
+LAST_END_DATE = date.max - timedelta(days=1)
 
 
 class ReportForm(forms.Form):
@@ -11,7 +14,11 @@ class ReportForm(forms.Form):
 
     days = forms.IntegerField(required=False, min_value=1, max_value=MAX_DAYS)
     start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
+        validators=[MaxValueValidator(LAST_END_DATE)],
+    )
     top = forms.IntegerField(required=False, min_value=1, max_value=100)
 
     def clean(self) -> dict:
