@@ -361,13 +361,15 @@ def test_csv_export_has_every_order_line(client, shop):
         "unit_price",
         "line_total",
     ]
-    assert [row[:1] + row[2:] for row in rows[1:]] == [
+    assert [row[:1] + row[2:] for row in rows[1:4]] == [
         ["S-1", "paid", str(shop.ada.pk), "BOOK-1", "A Long Novel", "2", "12.50", "25.00"],
         ["S-1", "paid", str(shop.ada.pk), "KIT-1", "Whistling Kettle", "1", "25.00", "25.00"],
         ["S-2", "cancelled", str(shop.alan.pk), "BOOK-2", "World Atlas", "3", "40.00", "120.00"],
     ]
     assert rows[1][1] == first.created_at.isoformat()
     assert rows[3][1] == second.created_at.isoformat()
+    assert rows[4] == ["# end of export: 3 order lines"]
+    assert len(rows) == 5
 
 
 def test_csv_export_shows_no_private_customer_details(client, shop):
@@ -377,8 +379,8 @@ def test_csv_export_shows_no_private_customer_details(client, shop):
         assert secret not in content
 
 
-def test_csv_export_of_no_orders_is_the_header_alone(client):
-    assert len(read_csv(client.get("/orders/export.csv"))) == 1
+def test_csv_export_of_no_orders_is_the_header_and_the_trailer(client):
+    assert read_csv(client.get("/orders/export.csv"))[1:] == [["# end of export: 0 order lines"]]
 
 
 def test_csv_export_streams_in_blocks(client, shop, monkeypatch):
@@ -386,7 +388,9 @@ def test_csv_export_streams_in_blocks(client, shop, monkeypatch):
     for i in range(5):
         make_order(shop.ada, [(shop.novel, 1)], number=f"S-{i}")
     blocks = list(client.get("/orders/export.csv").streaming_content)
-    assert [block.count(b"\n") for block in blocks] == [1, 2, 2, 1]  # the header, then the rows
+    # The header, then the rows; the trailer ends the last block.
+    assert [block.count(b"\n") for block in blocks] == [1, 2, 2, 2]
+    assert blocks[-1].endswith(b"# end of export: 5 order lines\r\n")
 
 
 @pytest.mark.django_db(transaction=True)

@@ -6,6 +6,20 @@ generator, so it holds one block of CSV text at a time instead of the whole
 file. The cursor, and with it the pooled connection, is held while the response
 streams, and given back as soon as the last row is read or the client goes away.
 
+Three things make the stream safe to rely on:
+
+* The first query runs in the view, before the response exists (OrderExport()):
+  a database that is down or busy is answered with a 503, not with a 200 whose
+  body stops after the header.
+* The cursor lives inside ``transaction.atomic()``. Behind PgBouncer in
+  transaction mode a server-side cursor opened outside a transaction vanishes
+  when its statement ends ("cursor ... does not exist" a chunk later); inside
+  one, PgBouncer keeps the client on one server connection until it ends.
+* The last line is a trailer, ``# end of export: N order lines``. The status
+  (200) is sent before the first row, so an export cut short by a lost
+  connection can only be told from a whole one by its end: no trailer, or a
+  count that does not match, means the file is incomplete.
+
 Under ASGI, Django reads a synchronous streaming body completely before sending
 it, so the flat-memory property holds under WSGI (gunicorn, runserver).
 """
@@ -14,11 +28,15 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from itertools import chain
+
+from django.db import transaction
 
 from apps.orders.models import OrderLine
 
 CHUNK_SIZE = 2_000  # rows fetched from the server-side cursor at a time
 ROWS_PER_BLOCK = 500  # CSV rows per piece of the response
+TRAILER = "# end of export: {count} order lines\r\n"  # \r\n like the csv module's rows
 
 HEADER = [
     "order",
@@ -59,33 +77,68 @@ def order_rows() -> Iterator[tuple]:
 
 
 def csv_blocks() -> Iterator[str]:
+    """The header, blocks of ROWS_PER_BLOCK rows, then the trailer, all inside one transaction.
+
+    The query runs before the header is yielded: the first next() tells
+    whether the database could be read.
+    """
     writer = csv.writer(_Line())
-    yield writer.writerow(HEADER)
-    rows = order_rows()
-    try:
-        block = []
-        for number, created_at, status, customer, sku, name, quantity, unit_price in rows:
-            block.append(
-                writer.writerow(
-                    [
-                        number,
-                        created_at.isoformat(),
-                        status,
-                        customer,
-                        sku,
-                        name,
-                        quantity,
-                        unit_price,
-                        quantity * unit_price,
-                    ]
+    with transaction.atomic():
+        rows = order_rows()
+        try:
+            first = next(rows, None)  # runs the query
+            yield writer.writerow(HEADER)
+            count = 0
+            block = []
+            for number, created_at, status, customer, sku, name, quantity, unit_price in chain(
+                [first] if first is not None else [], rows
+            ):
+                block.append(
+                    writer.writerow(
+                        [
+                            number,
+                            created_at.isoformat(),
+                            status,
+                            customer,
+                            sku,
+                            name,
+                            quantity,
+                            unit_price,
+                            quantity * unit_price,
+                        ]
+                    )
                 )
-            )
-            if len(block) == ROWS_PER_BLOCK:
-                yield "".join(block)
-                block = []
-        if block:
-            yield "".join(block)
-    finally:
-        # A client that disconnects closes this generator; closing the rows closes
-        # the server-side cursor now, in this thread, so the connection goes back.
-        rows.close()
+                if len(block) == ROWS_PER_BLOCK:
+                    count += len(block)
+                    yield "".join(block)
+                    block = []
+            count += len(block)
+            yield "".join(block) + TRAILER.format(count=count)
+        finally:
+            # A client that disconnects closes this generator; closing the rows closes
+            # the server-side cursor now, in this thread, before the transaction ends.
+            rows.close()
+
+
+class OrderExport:
+    """csv_blocks() with its query already run, for a StreamingHttpResponse.
+
+    Creating one reads the first chunk, so a database error is raised in the
+    view (and answered with a 503) rather than after the status went out.
+    Django calls close() when the response is finished or the client went
+    away; it ends the cursor and the transaction in the thread that began them.
+    """
+
+    def __init__(self) -> None:
+        self._blocks = csv_blocks()
+        self._header = next(self._blocks)
+
+    def __iter__(self) -> Iterator[str]:
+        yield self._header
+        # Not `yield from`: a finalizer closing this generator in another thread
+        # must not reach the cursor; close() does that, in the request's thread.
+        for block in self._blocks:
+            yield block
+
+    def close(self) -> None:
+        self._blocks.close()
