@@ -137,7 +137,7 @@ class OrderExport:
         yield self._header
         # Not `yield from`: a finalizer closing this generator in another thread
         # must not reach the cursor; close() does that, in the request's thread.
-        for block in self._blocks:
+        for block in self._blocks:  # noqa: UP028
             yield block
 
     def close(self) -> None:
