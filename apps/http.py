@@ -12,7 +12,10 @@ import json
 from collections.abc import Callable, Iterable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+
+from apps import unavailable
 
 
 class ApiError(Exception):
@@ -42,8 +45,16 @@ def _refusal(exc: ApiError | Http404) -> JsonResponse:
     return json_error(404, str(exc) or "Not found.")
 
 
+def _unavailable_or_raise(request: HttpRequest, exc: DatabaseError) -> JsonResponse:
+    """A JSON 503 for transient database trouble; anything else stays an error (a 500)."""
+    response = unavailable.answer_if_transient(request, exc, as_json=True)
+    if response is None:
+        raise exc
+    return response
+
+
 def json_api(*methods: str) -> Callable:
-    """Allow only `methods`, and turn ApiError and Http404 into JSON answers.
+    """Allow only `methods`, and turn ApiError, Http404 and transient database errors into JSON answers.
 
     Works for plain and ``async def`` views alike.
     """
@@ -60,6 +71,8 @@ def json_api(*methods: str) -> Callable:
                     return await view(request, *args, **kwargs)
                 except (ApiError, Http404) as exc:
                     return _refusal(exc)
+                except DatabaseError as exc:
+                    return _unavailable_or_raise(request, exc)
 
             return markcoroutinefunction(async_wrapper)
 
@@ -71,6 +84,8 @@ def json_api(*methods: str) -> Callable:
                 return view(request, *args, **kwargs)
             except (ApiError, Http404) as exc:
                 return _refusal(exc)
+            except DatabaseError as exc:
+                return _unavailable_or_raise(request, exc)
 
         return wrapper
 

@@ -1,19 +1,13 @@
-"""Per-request connection usage: the Server-Timing header, and 503 when the pool is exhausted."""
+"""Per-request connection usage: the Server-Timing header; 503 for transient database trouble."""
 
 from __future__ import annotations
-
-import logging
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
+from apps import unavailable
 from apps.metrics import prometheus
 from apps.metrics.requests import RequestUsage, current
-from backends.pool import PoolExhausted
-
-logger = logging.getLogger("apps.metrics")
-
-RETRY_AFTER_SECONDS = 1
 
 
 class DatabaseUsageMiddleware:
@@ -46,13 +40,5 @@ class DatabaseUsageMiddleware:
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception):
-        if not isinstance(exception, PoolExhausted):
-            return None
-        logger.warning("503 for %s %s: %s", request.method, request.path, exception)
-        response = HttpResponse(
-            "The database is busy: every pooled connection is in use. Please retry shortly.\n",
-            status=503,
-            content_type="text/plain; charset=utf-8",
-        )
-        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response
+        # Last of the middlewares to see a view's exception, as it is listed first.
+        return unavailable.answer_if_transient(request, exception)

@@ -1,8 +1,11 @@
 """Probes for containers and load balancers."""
 
 from django.db import DatabaseError, connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
+
+from apps.unavailable import service_unavailable
+from backends.errors import transient_cause
 
 
 @require_GET
@@ -12,12 +15,13 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 @require_GET
-def readyz(request: HttpRequest) -> JsonResponse:
-    """A connection can be borrowed from the pool, used and given back."""
+def readyz(request: HttpRequest) -> HttpResponse:
+    """A connection can be borrowed from the pool, used and given back; else 503 with Retry-After."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchone()
-    except DatabaseError as exc:  # PoolExhausted is one
-        return JsonResponse({"status": "unavailable", "error": str(exc)}, status=503)
+    except DatabaseError as exc:
+        # Not ready, whatever the error: a wrong password is no reason to send traffic here either.
+        return service_unavailable(request, transient_cause(exc) or "database error", exc, as_json=True)
     return JsonResponse({"status": "ok", "engine": connection.release_engine})
