@@ -1,5 +1,5 @@
 # The sample site (and the Locust tools), for docker-compose.yml.
-FROM python:3.12-slim
+FROM python:3.12-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -7,26 +7,45 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DJANGO_DEBUG=0 \
     GUNICORN_BIND=0.0.0.0:8000 \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
+    MPLCONFIGDIR=/tmp/matplotlib
 
 WORKDIR /app
 RUN useradd --create-home --uid 10001 app
 
-COPY pyproject.toml README.md ./
-COPY project ./project
-COPY apps ./apps
-COPY backends ./backends
-COPY loadtests ./loadtests
-COPY templates ./templates
+# The dependencies first, in a layer of their own: editing the code does not reinstall them.
+# The project itself is not installed: it runs from /app, its only copy in the image.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = p['optional-dependencies']; \
+print('\n'.join(p['dependencies'] + extras['dj-db-conn-pool'] + extras['load'] + extras['asgi']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
 COPY manage.py ./
-RUN pip install ".[dj-db-conn-pool,load,asgi]"
+COPY docker/entrypoint.sh /usr/local/bin/docker-entrypoint
+COPY templates ./templates
+COPY project ./project
+COPY devtools ./devtools
+COPY backends ./backends
+COPY apps ./apps
+COPY loadtests ./loadtests
 
 # Static files are collected at build time; nothing is read from the database here.
-RUN DJANGO_SECRET_KEY=collectstatic-only DATABASE_URL=postgres://build@localhost/none \
-    python manage.py collectstatic --noinput --verbosity 0
+RUN DJANGO_SECRET_KEY=collectstatic-only-$(python -c "import secrets; print(secrets.token_hex(32))") \
+    DATABASE_URL=postgres://build@localhost/none \
+    python manage.py collectstatic --noinput --verbosity 0 \
+    && mkdir reports && chown app:app reports
+
+# The commit the image was built from, for the comparison reports (there is no git inside):
+# docker compose build --build-arg GIT_COMMIT=$(git rev-parse --short HEAD), or export GIT_COMMIT.
+ARG GIT_COMMIT=unknown
+ENV GIT_COMMIT=${GIT_COMMIT}
 
 USER app
 EXPOSE 8000
+ENTRYPOINT ["docker-entrypoint"]
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
 CMD ["gunicorn", "-c", "project/gunicorn.conf.py"]

@@ -54,7 +54,11 @@ def _compose_defaults(service: dict) -> dict:
 
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose is not installed")
-@pytest.mark.parametrize("profile", [[], ["--profile", "pgbouncer"]], ids=["default", "pgbouncer"])
+@pytest.mark.parametrize(
+    "profile",
+    [[], ["--profile", "pgbouncer"], ["--profile", "compare"]],
+    ids=["default", "pgbouncer", "compare"],
+)
 def test_compose_file_is_valid(profile):
     result = subprocess.run(
         ["docker-compose", "-f", str(COMPOSE), *profile, "config", "--quiet"],
@@ -64,54 +68,148 @@ def test_compose_file_is_valid(profile):
     assert result.returncode == 0, result.stderr
 
 
-def test_both_sites_share_everything_but_the_release_point(services):
+def _differing(a: dict, b: dict) -> dict:
+    """The environment variables whose values differ between two services: {name: (a, b)}."""
+    env_a, env_b = a["environment"], b["environment"]
+    return {
+        k: (env_a.get(k), env_b.get(k)) for k in env_a.keys() | env_b.keys() if env_a.get(k) != env_b.get(k)
+    }
+
+
+def test_release_and_baseline_share_everything_but_the_release_point(services):
     web, baseline = services["web"], services["web-baseline"]
-    assert web["environment"]["DB_RELEASE"] == "cursor"
-    assert baseline["environment"]["DB_RELEASE"] == "request"
-    differing = {
-        k for k in web["environment"].keys() | baseline["environment"].keys()
-        if web["environment"].get(k) != baseline["environment"].get(k)
-    }  # fmt: skip
-    assert differing == {"DB_RELEASE"}
-    assert web["ports"] == ["8000:8000"] and baseline["ports"] == ["8001:8000"]
+    assert _differing(web, baseline) == {
+        "DB_RELEASE": ("cursor", "request"),
+        "DASHBOARD_PEER_URL": ("http://web-baseline:8000", "http://web:8000"),  # each shows the other
+    }
     assert web["image"] == baseline["image"]
+
+
+def test_the_ceiling_is_stock_django_with_a_connection_per_thread(services):
+    ceiling = services["web-ceiling"]["environment"]
+    assert ceiling["DB_RELEASE"] == "request"
+    assert ceiling["DB_POOL_MIN_SIZE"] == ceiling["DB_POOL_MAX_SIZE"] == ceiling["GUNICORN_THREADS"]
+    assert set(_differing(services["web-baseline"], services["web-ceiling"])) == {
+        "DB_POOL_MIN_SIZE", "DB_POOL_MAX_SIZE",
+    }  # fmt: skip
+
+
+def test_sites_are_reached_from_outside_only_through_nginx_on_loopback(services):
+    for name, service in services.items():
+        if name.startswith("web"):
+            assert "ports" not in service, f"{name} must not face clients directly"
+    published = [port for s in services.values() for port in s.get("ports", [])]
+    assert published, "nothing published"
+    for port in published:
+        assert port.startswith("${PUBLISH_ADDRESS:-127.0.0.1}:"), port
+    proxies = [s for s in services.values() if str(s.get("image", "")).startswith("nginx:")]
+    assert {p["ports"][0].rsplit(":", 1)[1] for p in proxies} == {"8000", "8003"}
+
+
+def test_nginx_buffers_what_the_sites_send_and_receive():
+    settings = (ROOT / "docker" / "nginx" / "proxy.inc").read_text()
+    assert "proxy_request_buffering on;" in settings
+    assert "proxy_buffering on;" in settings
+    assert "client_body_timeout" in settings
+    sites = (ROOT / "docker" / "nginx" / "sites.conf").read_text()
+    for port, site in (("8000", "web"), ("8001", "web-baseline"), ("8002", "web-ceiling")):
+        assert f"listen {port};" in sites and f"server {site}:8000;" in sites
+
+
+def test_no_built_in_secret_key_and_no_open_metrics(services):
+    for name, service in services.items():
+        env = service.get("environment", {})
+        if "DJANGO_SECRET_KEY" in env:
+            assert env["DJANGO_SECRET_KEY"] == "${DJANGO_SECRET_KEY:-}", name
+        assert env.get("METRICS_ALLOWED_IPS", "") != "*", name
+
+
+def test_every_image_is_pinned(services):
+    images = [s["image"] for s in services.values() if "image" in s]
+    images.append(_dockerfile_lines("FROM")[0])
+    for image in images:
+        if image == "django-connection-release:local":
+            continue
+        name, _, tag = image.partition(":")
+        assert tag and tag != "latest" and any(c.isdigit() for c in tag), image
+    assert services["db"]["image"].count(".") == 1, "postgres major.minor"
 
 
 def test_sites_start_after_the_database_is_healthy_and_migrated(services):
     assert services["db"]["healthcheck"]["test"]
     assert services["migrate"]["depends_on"]["db"]["condition"] == "service_healthy"
-    for name in ("web", "web-baseline"):
+    for name in ("web", "web-baseline", "web-ceiling"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert services[name]["healthcheck"]["test"]
     assert "pgdata:/var/lib/postgresql" in services["db"]["volumes"]
 
 
-def test_locust_has_a_web_ui_and_scalable_workers(services):
-    assert services["locust-master"]["ports"] == ["8089:8089"]
-    assert "--master" in services["locust-master"]["command"]
-    assert "--worker" in services["locust-worker"]["command"]
-    assert "container_name" not in services["locust-worker"], "a fixed name would prevent --scale"
+def test_locust_has_a_web_ui_with_a_class_picker_and_scalable_workers(services):
+    master, worker = services["locust-master"], services["locust-worker"]
+    assert master["ports"] == ["${PUBLISH_ADDRESS:-127.0.0.1}:8089:8089"]
+    assert "--master" in master["command"] and "--worker" in worker["command"]
+    assert "container_name" not in worker, "a fixed name would prevent --scale"
+    # The image's healthcheck asks :8000, which Locust does not serve.
+    assert "8089" in str(master["healthcheck"]["test"])
+    assert worker["healthcheck"] == {"disable": True}
+    config = (ROOT / "loadtests" / "locust.conf").read_text()
+    assert "class-picker = true" in config
 
 
-def test_pgbouncer_profile_runs_in_transaction_mode(services):
-    assert services["pgbouncer"]["profiles"] == ["pgbouncer"]
-    assert services["pgbouncer"]["environment"]["POOL_MODE"] == "transaction"
-    behind = services["web-pgbouncer"]["environment"]
-    assert "@pgbouncer:" in behind["DATABASE_URL"]
-    assert behind["DB_DISABLE_SERVER_SIDE_CURSORS"] == "1"
+def test_compare_service_runs_the_ab_against_the_three_sites_into_a_host_folder(services):
+    compare = services["compare"]
+    assert compare["profiles"] == ["compare"]
+    assert compare["volumes"] == ["./reports:/app/reports"]
+    command = compare["entrypoint"]
+    assert command[:4] == ["docker-entrypoint", "python", "-m", "loadtests.compare"]
+    targets = [command[i + 1] for i, arg in enumerate(command) if arg == "--target"]
+    assert sorted(targets) == [
+        "baseline=http://web-baseline:8000", "ceiling=http://web-ceiling:8000", "release=http://web:8000",
+    ]  # fmt: skip
+    for site in ("web", "web-baseline", "web-ceiling"):
+        assert compare["depends_on"][site]["condition"] == "service_healthy"
+
+
+def test_pgbouncer_profile_compares_behind_four_server_connections(services):
+    bouncer = services["pgbouncer"]
+    assert bouncer["profiles"] == ["pgbouncer"]
+    assert bouncer["environment"]["POOL_MODE"] == "transaction"
+    assert bouncer["environment"]["DEFAULT_POOL_SIZE"] == bouncer["environment"]["MAX_DB_CONNECTIONS"] == "4"
+    assert "pg_isready" in bouncer["healthcheck"]["test"]
+    release, baseline = (
+        services["web-pgbouncer"]["environment"],
+        services["web-baseline-pgbouncer"]["environment"],
+    )
+    for env in (release, baseline):
+        assert "@pgbouncer:" in env["DATABASE_URL"]
+        assert env["DB_DISABLE_SERVER_SIDE_CURSORS"] == "1"
+    assert (release["DB_RELEASE"], release["DB_POOL_MAX_SIZE"]) == ("cursor", "4")
+    assert (baseline["DB_RELEASE"], baseline["DB_POOL_MAX_SIZE"]) == ("request", baseline["GUNICORN_THREADS"])
+    for name in ("web-pgbouncer", "web-baseline-pgbouncer"):
+        assert services[name]["depends_on"]["pgbouncer"]["condition"] == "service_healthy"
 
 
 def test_image_runs_as_a_non_root_user_with_debug_off():
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    instructions = [line.split(None, 1) for line in dockerfile.splitlines() if line and line[0].isupper()]
-    users = [args for keyword, args in instructions if keyword == "USER"]
-    assert users and users[-1].strip() not in ("root", "0")
-    assert "DJANGO_DEBUG=0" in dockerfile
+    users = _dockerfile_lines("USER")
+    assert users and users[-1] not in ("root", "0")
+    assert "DJANGO_DEBUG=0" in (ROOT / "Dockerfile").read_text()
+
+
+def test_image_installs_dependencies_before_the_code_and_keeps_one_copy():
+    copies = _dockerfile_lines("COPY")
+    runs = _dockerfile_lines("RUN")
+    assert copies[0] == "pyproject.toml ./"
+    assert "pip install -r" in runs[1]  # the layer after the first COPY: dependencies only
+    assert not any("pip install ." in run or "pip install -e" in run for run in runs)
+    assert "chown app:app reports" in runs[-1]  # the comparison writes its reports there
+    assert "ENV GIT_COMMIT=${GIT_COMMIT}" in (ROOT / "Dockerfile").read_text()  # no git in the image
 
 
 @pytest.mark.django_db(transaction=True)
 def test_migrate_service_command_runs(services):
-    command = services["migrate"]["command"]
-    env = environment(services["migrate"])
+    # Through the image's entrypoint, with no key given: it makes one that settings accept.
+    command = ["sh", "docker/entrypoint.sh", *services["migrate"]["command"]]
+    env = environment(services["migrate"], DJANGO_SECRET_KEY="")
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "seed" in (result.stdout + result.stderr).lower()
@@ -156,6 +254,12 @@ def test_locust_master_and_worker_commands_run_a_load(services, serve):
     assert aggregated, output[-2000:]
     requests = int(aggregated[0].split()[1])
     assert requests > 0
+
+
+def _dockerfile_lines(keyword: str) -> list[str]:
+    """The arguments of each `keyword` instruction of the Dockerfile, continuation lines joined."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    return [line.split(None, 1)[1].strip() for line in text.splitlines() if line.startswith(keyword + " ")]
 
 
 def _image_command() -> list[str]:
