@@ -54,3 +54,42 @@ def test_asgi_entry_runs_under_uvicorn_workers(serve):
     assert '"status": "ok"' in body
     status, text = get(f"{server.base}/metrics")
     assert Scrape.parse(text).total("db_connection_checkouts_total", alias="default") >= 1
+
+
+def test_metrics_skip_a_values_file_a_worker_has_not_sized_yet(serve):
+    server = serve(workers=1, env={"DB_POOL": POOL})
+    assert get(f"{server.base}/readyz")[0] == 200
+    # A worker creates its file empty and sizes it a moment later; one killed in
+    # between leaves it empty for good (prometheus/client_python#1199).
+    for name in ("counter_999991.db", "histogram_999992.db", "gauge_livesum_999993.db"):
+        (server.metrics_dir / name).touch()
+
+    status, text = get(f"{server.base}/metrics")
+
+    assert status == 200, text
+    assert Scrape.parse(text).total("db_connection_checkouts_total", alias="default") >= 1
+
+
+def test_checked_out_gauge_falls_to_zero_when_the_load_stops(serve):
+    # Each request holds its connection through a 300 ms call: the leaky view's open cursor.
+    server = serve(workers=2, env={"DB_POOL": POOL, "EXTERNAL_LATENCY_MS": "300", "DB_POOL_MAX_SIZE": "4"})
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for _ in range(2):
+            answers = list(pool.map(lambda _: get(f"{server.base}/api/raw/leaky/")[0], range(16)))
+            assert answers == [200] * 16
+
+    # A request is summed up just after its client has the answer: allow a moment
+    # for the last ones. Each scrape refreshes only the worker that answers it;
+    # the other shows its gauges as its last request left them.
+    deadline = time.monotonic() + 5
+    while True:
+        status, text = get(f"{server.base}/metrics")
+        assert status == 200
+        scrape = Scrape.parse(text)
+        summed_up = scrape.total("db_requests_ended_holding_total", alias="default") == 32
+        out = scrape.total("db_connections_checked_out", alias="default")
+        in_use = scrape.total("db_pool_connections", alias="default", state="in_use")
+        if (summed_up and out == 0 and in_use == 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert (summed_up, out, in_use) == (True, 0, 0)

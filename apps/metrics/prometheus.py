@@ -7,6 +7,7 @@ worker writes its values to files there and /metrics adds them up; gauges use
 
 from __future__ import annotations
 
+import glob
 import os
 
 from prometheus_client import (
@@ -95,10 +96,42 @@ pool_max_connections = Gauge(
 )  # fmt: skip
 
 
+# A values file starts with the 4-byte length of what it holds (prometheus_client's mmap_dict).
+_HEADER_BYTES = 4
+
+
+class MultiProcessCollector(multiprocess.MultiProcessCollector):
+    """prometheus_client's collector, minus the files a worker has created but not yet sized.
+
+    A worker creates its values file empty and sizes it a moment later; a scrape
+    in between made the library fail on the empty file (struct.error), and every
+    series with it (prometheus/client_python#1199). A worker killed in that moment
+    leaves the empty file for good. An empty file holds no values, so it is skipped.
+    """
+
+    def __init__(self, registry: CollectorRegistry, path: str) -> None:
+        super().__init__(registry, path)
+        self.directory = path
+
+    def collect(self):
+        return self.merge(self.readable_files(), accumulate=True)
+
+    def readable_files(self) -> list[str]:
+        found = []
+        for path in glob.glob(os.path.join(self.directory, "*.db")):
+            try:
+                if os.path.getsize(path) >= _HEADER_BYTES:
+                    found.append(path)
+            except FileNotFoundError:  # a dead worker's live gauges, just removed
+                continue
+        return found
+
+
 def registry() -> CollectorRegistry:
     """The registry to expose: every worker's values in multiprocess mode, else this process's."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
         return REGISTRY
     collecting = CollectorRegistry()
-    multiprocess.MultiProcessCollector(collecting)
+    MultiProcessCollector(collecting, directory)
     return collecting
