@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from time import monotonic
 
-from django.core.signals import request_finished
+from django.core.signals import request_finished, request_started
 from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
 
@@ -95,8 +96,34 @@ class MetricsWatcher(instrumentation.CheckoutWatcher):
 watcher = MetricsWatcher()
 
 
+class RequestsInFlight:
+    """How many requests this process is answering now."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def started(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def finished(self) -> int:
+        """One fewer; how many are left."""
+        with self._lock:
+            self._count = max(self._count - 1, 0)
+            return self._count
+
+
+in_flight = RequestsInFlight()
+
+
+def on_request_started(sender, **kwargs) -> None:
+    in_flight.started()
+
+
 def on_request_finished(sender, **kwargs) -> None:
     """Sum the request up; runs after Django closed the request's connections."""
+    idle = in_flight.finished() == 0
     usage = current.get()
     if usage is None:
         return
@@ -108,7 +135,13 @@ def on_request_finished(sender, **kwargs) -> None:
             children.request_checkouts.observe(alias.checkouts)
         if alias.ended_holding:
             children.requests_ended_holding.inc()
-    record_pool_usage_now_and_then()
+    if idle:
+        # The last request out reads the pools whatever the time: a worker that
+        # goes quiet keeps its gauges as last read (each scrape reads only the
+        # worker that answers it), and they must not show a busy moment forever.
+        record_pool_usage()
+    else:
+        record_pool_usage_now_and_then()
 
 
 # The pool gauges are refreshed after a request at most this often per process:
@@ -143,4 +176,5 @@ def record_pool_usage() -> None:
 
 def connect() -> None:
     instrumentation.watch(watcher)
+    request_started.connect(on_request_started, dispatch_uid="apps.metrics.request_started")
     request_finished.connect(on_request_finished, dispatch_uid="apps.metrics.request_finished")
