@@ -1,384 +1,325 @@
-"""Compare stock Django (baseline) with early release, side by side, under the same load.
+"""Compare stock Django with early release, side by side, under the same load.
 
-    python -m loadtests.compare [--scenarios raw,orm] [--duration 30] [--users 64] ...
+    python -m loadtests.compare [--scenarios raw,orm] [--duration 20] [--pool-sizes 1,2,4,8,16,32] ...
+    python -m loadtests.compare --target release=URL --target baseline=URL [--target ceiling=URL]
 
 With nothing running and no Docker: starts the embedded PostgreSQL (or uses
 DATABASE_URL), migrates and seeds, then for each scenario serves the shop under
-gunicorn twice, one at a time, with the same configuration but DB_RELEASE
-(request = baseline, cursor = release), runs Locust headless against it for a
-bounded time, reads the server's own /metrics before and after, and stops
-everything it started. Writes report.json, report.md and report.html (with PNG
-charts) to --out (default reports/<timestamp>/) and prints the table.
+gunicorn once per side, one at a time, with the same configuration but the
+engine and the pool: stock Django (baseline), release, stock Django with a pool
+as large as its threads (the ceiling: what the server can do at all), and stock
+Django behind PgBouncer when a pgbouncer binary is there. It runs Locust
+headless against each for a bounded time, reads the server's own /metrics
+before and after, stops everything it started and puts the shop's stock back.
+Writes report.json, report.md and report.html (with PNG charts) to --out
+(default reports/<timestamp>/) and prints the summary.
+
+With --pool-sizes, stock and release run at each pool size instead, and the
+report says how many connections each needs. With --target, the sites are
+already running (under Docker Compose, say): nothing is started.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import datetime
-import importlib.metadata
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import threading
-import time
-import urllib.request
+from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from loadtests import measure, report, rounds
-from loadtests.scenarios import SCENARIOS, SINGLE_REQUEST_PATHS
-from loadtests.site import BASE_DIR, Site, SiteConfig, StartError, cpu_used, ensure_port_free
+from loadtests import database, pgbouncer, report, rounds
+from loadtests.arguments import parse_args
+from loadtests.machine import machine
+from loadtests.sampler import say
+from loadtests.side import TITLES, Load, Remote, Side, measure_side, pool_size_of, ratio
+from loadtests.site import Site, SiteConfig, StartError, ensure_port_free
 
-SIDES = {"baseline": "request", "release": "cursor"}
-
-
-def say(message: str) -> None:
-    print(f"==> {message}", flush=True)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.compare", description=__doc__.split("\n")[0])
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: %(default)s")
-    parser.add_argument("--duration", type=int, default=30, help="seconds of load per side (default 30)")
-    parser.add_argument("--users", type=int, default=64, help="concurrent Locust users (default 64)")
-    parser.add_argument("--pool-size", type=int, default=4, help="connections per worker (default 4)")
-    parser.add_argument("--threads", type=int, default=32, help="gunicorn threads per worker (default 32)")
-    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (default 1)")
-    parser.add_argument("--external-latency-ms", type=int, default=50, help="simulated call (default 50)")
-    parser.add_argument("--pool", choices=["native", "dj_db_conn_pool"], default="native")
-    parser.add_argument("--port", type=int, default=8100, help="where the site listens (default 8100)")
-    parser.add_argument("--seed", default="small", help="seed size, or 'none' (default small)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="runs of each side per scenario, the first side alternating; "
-                        "the report gives medians (default 1)")  # fmt: skip
-    parser.add_argument("--overhead-rounds", type=int, default=20, help="0 skips the per-query benchmark")
-    parser.add_argument("--out", type=Path, help="report folder (default reports/<timestamp>/)")
-    args = parser.parse_args(argv)
-    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in args.scenarios if s not in SCENARIOS]
-    if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    for name in ("duration", "users", "pool_size", "threads", "workers", "rounds"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.external_latency_ms < 0:
-        parser.error("--external-latency-ms cannot be negative")
-    if args.out is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        args.out = BASE_DIR / "reports" / stamp
-    return args
-
-
-def prepare_database(seed: str) -> str:
-    """Database up, migrated and seeded; returns the customer id range for orders."""
-    from devtools.serve import configure_environment, prepare
-
-    configure_environment()
-    prepare(None if seed == "none" else seed)
-    from apps.customers.models import Customer
-
-    ids = Customer.objects.order_by("pk").values_list("pk", flat=True)
-    if not ids:
-        raise StartError("the database has no customers to place orders: seed it (--seed small)")
-    customers = f"{ids.first()}-{ids.last()}"
-    connections.close_all()
-    return customers
-
-
-def reset_shop() -> None:
-    """The same data for every run: orders placed by earlier runs go, stock is topped up.
-
-    Without this, each run would export and report over more orders than the one
-    before, and the second side of a comparison would work harder than the first.
-    """
-    from apps.catalog.models import Product
-    from apps.orders.models import Order
-
-    Order.objects.exclude(number__startswith="S-").delete()  # seeded orders are S-00000000...
-    Product.objects.update(stock=1_000_000)
-    connections.close_all()
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import django
-
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=BASE_DIR, capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "django": django.get_version(),
-        "gunicorn": importlib.metadata.version("gunicorn"),
-        "system": f"{platform.system()} {platform.release()}",
-        "commit": commit or None,
-    }
-
-
-class Sampler(threading.Thread):
-    """Reads /metrics every half second: the most connections out at once, and progress.
-
-    Every five seconds it also notes how busy the workers were, in percent of
-    one core each (the mean over the workers): Python runs one thread of a
-    process at a time, so a worker near 100% is bound by its CPU, whatever its
-    threads and its pool allow.
-    """
-
-    def __init__(self, site: Site, label: str, duration: int, config: SiteConfig) -> None:
-        super().__init__(daemon=True)
-        self.site, self.label, self.duration = site, label, duration
-        self.pool_size = config.pool_size * config.workers
-        self.workers = config.workers
-        self.max_checked_out = 0.0
-        self.busy_percents: list[float] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        started = time.monotonic()
-        last = None  # (clock, requests, worker CPU) at the last progress line
-        while not self.stopping.wait(0.5):
-            try:
-                scrape = measure.fetch(self.site.url, timeout=5)
-            except OSError:
-                continue
-            now = time.monotonic()
-            checked_out = scrape.total("db_connections_checked_out")
-            self.max_checked_out = max(self.max_checked_out, checked_out)
-            count = scrape.total("db_request_checkouts_count")
-            if last is None:
-                last = (now, count, self.site.worker_cpu_seconds())
-                continue
-            then, count_then, cpu_then = last
-            if now - then < 5:
-                continue
-            cpu = self.site.worker_cpu_seconds()  # only when a reading is due
-            busy = self.busy_percent(cpu_used(cpu_then, cpu), now - then)
-            if busy is not None:
-                self.busy_percents.append(busy)
-            say(
-                f"  {self.label}: {min(self.duration, int(now - started))}/{self.duration} s, "
-                f"{(count - count_then) / (now - then):.0f} req/s, "
-                f"{checked_out:.0f}/{self.pool_size} connections checked out"
-                + (f", worker CPU {busy:.0f}%" if busy is not None else "")
-            )
-            last = (now, count, cpu)
-
-    def busy_percent(self, cpu_seconds: float | None, seconds: float) -> float | None:
-        """Percent of one core per worker that `cpu_seconds` of CPU in `seconds` of time make."""
-        return None if cpu_seconds is None else 100 * cpu_seconds / (seconds * self.workers)
-
-    def median_busy_percent(self) -> float | None:
-        return statistics.median(self.busy_percents) if self.busy_percents else None
+# Seconds a side takes besides its load: gunicorn's start, the idle-server
+# timing, Locust's start and stop, the drain (measured on a 2-core VM).
+SIDE_OVERHEAD_SECONDS = 12
+OVERHEAD_SECONDS_PER_ROUND = 1.5  # the per-query benchmark, one pool
+NEEDED_SHARE = 0.95  # "connections needed": the smallest pool reaching this share of the best
 
 
 @dataclass(frozen=True)
-class Unloaded:
-    """The scenario's request timed one at a time on the idle server."""
+class Run:
+    """One side of one scenario, in one round."""
 
-    latency_ms: float | None = None  # median
-    hold_mean_ms: float | None = None  # per checkout, with no other request in the worker
+    scenario: str
+    side: Side
+    round: int
+    position: int  # which of the scenario's sides in this round it is: 1 ran first
+    sweep: bool = False  # part of a pool-size sweep
+    rounds: int = 1  # of how many
+
+    @property
+    def files(self) -> str:
+        """The stem of the side's own files (Locust's reports, gunicorn's log)."""
+        name = f"{self.scenario}-{self.side.name}"
+        if self.sweep:
+            name += f"-pool{self.side.pool_size}"
+        return name + (f"-round{self.round}" if self.rounds > 1 else "")
 
 
-def measure_unloaded(site: Site, scenario: str, requests: int = 15) -> Unloaded:
-    """Time the scenario's request alone, before the load.
+def sides(args) -> list[Side]:
+    """The sides every scenario runs (without a sweep)."""
+    if args.targets:
+        return [Side(name, "", 0) for name in TITLES if name in args.targets]
+    chosen = [Side("baseline", "request", args.pool_size), Side("release", "cursor", args.pool_size)]
+    if args.ceiling:
+        chosen.append(Side("ceiling", "request", args.threads))
+    if args.pgbouncer:
+        # As many server connections as the release side has in all its workers.
+        chosen.append(
+            Side("pgbouncer", "request", args.threads, server_connections=args.pool_size * args.workers)
+        )
+    return chosen
 
-    The thread bound is the most a worker's threads can serve if every request
-    took that long: threads ÷ this time. The hold per checkout is what a
-    checkout of this request costs with no other thread wanting the worker's
-    CPU. Nothing for scenarios that mix requests.
+
+def sweep_sides(args) -> list[list[Side]]:
+    """Sides in groups that alternate: stock and release at each size, the ceiling if not among them."""
+    groups = [
+        [Side("baseline", "request", size), Side("release", "cursor", size)] for size in args.pool_sizes
+    ]
+    if args.ceiling and args.pool_sizes[-1] < args.threads:
+        groups.append([Side("ceiling", "request", args.threads)])
+    return groups
+
+
+def plan(args) -> list[Run]:
+    """Every run in order. The side that goes first alternates from scenario to scenario and round to round.
+
+    The sides of a scenario run one after the other; on a machine that speeds
+    up or slows down during a run, the side that runs later is helped or hurt.
+    Alternating keeps that from always falling on the same side.
     """
-    path = SINGLE_REQUEST_PATHS.get(scenario)
-    if path is None:
-        return Unloaded()
-    with urllib.request.urlopen(f"{site.url}/api/orm/products/?page_size=1", timeout=10) as response:
-        product = json.load(response)["results"][0]["id"]
-    url = site.url + path.format(product=product)
-    # Warm up, and use every pooled connection once: a connection's first
-    # checkout is pinged, which is not what the timed requests should show.
-    for _ in range(site.config.pool_size + 2):
-        timed_get(url)
-    before = measure.fetch(site.url)
-    times = [timed_get(url) for _ in range(requests)]
-    hold = measure.Window(before, measure.fetch(site.url)).mean("db_connection_hold_seconds")
-    return Unloaded(latency_ms=statistics.median(times) * 1000, hold_mean_ms=ms(hold))
+    runs = []
+    for index, scenario in enumerate(args.scenarios):
+        for round_number in range(1, args.rounds + 1):
+            flip = (index + round_number - 1) % 2 == 1
+            if args.pool_sizes:
+                for group_index, group in enumerate(sweep_sides(args)):
+                    ordered = group[::-1] if (flip ^ (group_index % 2 == 1)) else group
+                    runs += [
+                        Run(scenario, side, round_number, position, side.name != "ceiling", args.rounds)
+                        for position, side in enumerate(ordered, start=1)
+                    ]
+            else:
+                ordered = side_order(sides(args), flip)
+                runs += [
+                    Run(scenario, side, round_number, p, rounds=args.rounds)
+                    for p, side in enumerate(ordered, start=1)
+                ]
+    return runs
 
 
-def timed_get(url: str) -> float:
-    """Seconds to GET `url` and read the answer."""
-    started = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=10) as response:
-        response.read()
-    return time.perf_counter() - started
+def side_order(chosen: list, flip: bool) -> list:
+    return chosen[::-1] if flip else chosen
 
 
-def run_locust(site: Site, scenario: str, name: str, args, out: Path, customers: str) -> dict:
-    prefix = out / "locust" / name
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable, "-m", "locust",
-        "-f", str(BASE_DIR / "loadtests" / "locustfile.py"), SCENARIOS[scenario],
-        "--headless", "--only-summary",
-        "-u", str(args.users), "-r", str(args.users), "-t", f"{args.duration}s",
-        "--stop-timeout", "5",
-        "--host", site.url,
-        "--csv", str(prefix), "--html", f"{prefix}.html",
-        "--loglevel", "WARNING",
-    ]  # fmt: skip
-    env = {**os.environ, "SHOP_CUSTOMER_IDS": customers}
-    result = subprocess.run(
-        command, cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=args.duration + 120
+def estimate_seconds(args, runs: list[Run]) -> float:
+    started = 0 if args.targets else SIDE_OVERHEAD_SECONDS
+    seconds = len(runs) * (args.duration + started)
+    if args.overhead_rounds and (not args.targets or args.prepare_database):
+        seconds += args.overhead_rounds * OVERHEAD_SECONDS_PER_ROUND + 15
+    return seconds
+
+
+def describe_plan(args, runs: list[Run]) -> str:
+    per_side = args.duration + (0 if args.targets else SIDE_OVERHEAD_SECONDS)
+    minutes = estimate_seconds(args, runs) / 60
+    if args.pool_sizes:
+        what = f"pool sizes {','.join(map(str, args.pool_sizes))} x stock and release"
+    else:
+        what = f"{len(sides(args))} sides ({', '.join(TITLES[s.name] for s in sides(args))})"
+    rounds_text = f" x {args.rounds} rounds" if args.rounds > 1 else ""
+    return (
+        f"plan: {len(args.scenarios)} scenario(s) ({', '.join(args.scenarios)}) x {what}{rounds_text} = "
+        f"{len(runs)} runs of ~{per_side} s, about {minutes:.0f} min in all"
     )
-    if result.returncode not in (0, 1):  # 1: the run had failures, which we report
-        raise StartError(f"locust failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    with open(f"{prefix}_stats.csv", newline="") as f:
-        rows = {row["Name"]: row for row in csv.DictReader(f)}
-    return rows["Aggregated"]
 
 
-def side_order(scenario_index: int) -> list[str]:
-    """Baseline first in the first scenario, release first in the next, and so on.
-
-    The two sides of a scenario run one after the other; on a machine that
-    speeds up or slows down during a run, the side that runs second is helped
-    or hurt. Alternating keeps that from always falling on the same side.
-    """
-    sides = list(SIDES)
-    return sides if scenario_index % 2 == 0 else sides[::-1]
-
-
-def one_side(scenario: str, side: str, args, customers: str, round_number: int = 1) -> dict:
+def run_one(run: Run, number: int, total: int, args, load: Load) -> dict:
+    side = run.side
+    label = f"side {number}/{total} {run.scenario}/{side.name}"
+    if run.sweep:
+        label += f" (pool {side.pool_size})"
+    if run.rounds > 1:
+        label += f" (round {run.round}/{run.rounds})"
+    measured = dict(workers=args.workers, threads=args.threads)
+    if args.targets:
+        url = args.targets[side.name]
+        pool_size = pool_size_of(url) or args.pool_size
+        say(f"{label}: {args.users} users for {args.duration} s against {url} (pool {pool_size} in all)")
+        result = measure_side(Remote(url), load, label, run.files, pool_size=pool_size, **measured)
+        result["url"] = url
+        return result
     config = SiteConfig(
-        release=SIDES[side],
+        release=side.release,
         pool=args.pool,
-        pool_size=args.pool_size,
+        pool_size=side.pool_size,
         workers=args.workers,
         threads=args.threads,
         external_latency_ms=args.external_latency_ms,
     )
-    label, files = f"{scenario}/{side}", f"{scenario}-{config.release}"
-    if args.rounds > 1:
-        label += f" (round {round_number}/{args.rounds})"
-        files += f"-round{round_number}"
-    reset_shop()
-    say(f"{label}: starting gunicorn ({args.workers}x{args.threads} threads, pool {args.pool_size})")
-    with Site(config, args.port, args.out) as site:
-        unloaded = measure_unloaded(site, scenario)
-        before = measure.fetch(site.url)
-        cpu_before = site.worker_cpu_seconds()
-        sampler = Sampler(site, label, args.duration, config)
-        sampler.start()
+    with ExitStack() as stack:
+        env = {}
+        through = ""
+        if side.server_connections:
+            bouncer = pgbouncer.PgBouncer(
+                os.environ["DATABASE_URL"], args.port + 1, side.server_connections, args.out
+            )
+            stack.enter_context(bouncer)
+            # Server-side cursors do not survive transaction pooling (Django's docs).
+            env = {"DATABASE_URL": bouncer.url, "DB_DISABLE_SERVER_SIDE_CURSORS": "1"}
+            through = f", through PgBouncer with {side.server_connections} server connections"
+        say(
+            f"{label}: starting gunicorn ({args.workers}x{args.threads} threads, "
+            f"pool {side.pool_size}{through})"
+        )
+        site = stack.enter_context(Site(config, args.port, args.out, env, name=run.files))
         say(f"{label}: {args.users} users for {args.duration} s")
-        started = time.monotonic()
-        try:
-            locust = run_locust(site, scenario, files, args, args.out, customers)
-        finally:
-            # Requests still in flight when Locust stopped finish here; the
-            # server's counters see them, Locust does not.
-            time.sleep(args.external_latency_ms / 1000 + 1.0)
-            sampler.stopping.set()
-            sampler.join()
-        after = measure.fetch(site.url)
-        cpu_after = site.worker_cpu_seconds()
-        elapsed = time.monotonic() - started
-    window = measure.Window(before, after)
-    served = window.delta("db_request_checkouts_count")
-    cpu = cpu_used(cpu_before, cpu_after)
-    return {
-        "rps": served / args.duration,
-        "requests": served,
-        "failures": int(locust["Failure Count"]),
-        "locust_requests": int(locust["Request Count"]),
-        "locust_rps": float(locust["Requests/s"]),
-        "latency_p50_ms": float(locust["50%"]),
-        "latency_p95_ms": float(locust["95%"]),
-        "latency_p99_ms": float(locust["99%"]),
-        "hold_mean_ms": ms(window.mean("db_connection_hold_seconds")),
-        "hold_p95_ms": ms(window.quantile("db_connection_hold_seconds", 0.95)),
-        "wait_mean_ms": ms(window.mean("db_connection_wait_seconds")),
-        "wait_p95_ms": ms(window.quantile("db_connection_wait_seconds", 0.95)),
-        "checkouts_per_request": ratio(
-            window.delta("db_request_checkouts_sum"), window.delta("db_request_checkouts_count")
-        ),
-        "request_hold_mean_ms": ms(window.mean("db_request_hold_seconds")),
-        "pool_timeouts": int(window.delta("db_pool_timeouts_total")),
-        "requests_ended_holding": int(window.delta("db_requests_ended_holding_total")),
-        "max_checked_out": int(sampler.max_checked_out),
-        "hold_distribution": window.distribution("db_connection_hold_seconds"),
-        "worker_cpu_ms_per_request": ms(ratio(cpu, served)),
-        "worker_busy_percent": sampler.median_busy_percent(),
-        "wall_seconds": round(elapsed, 1),
-        "unloaded_latency_ms": unloaded.latency_ms,
-        "unloaded_hold_mean_ms": unloaded.hold_mean_ms,
-        "thread_bound_rps": ratio(args.workers * args.threads * 1000, unloaded.latency_ms),
-    }
+        result = measure_side(site, load, label, run.files, pool_size=side.pool_size, **measured)
+    if side.server_connections:
+        result["server_connections"] = side.server_connections
+    return result
 
 
-def ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000
+def fold(args, runs: list[Run], results_by_run: dict[Run, dict]) -> dict:
+    """The figures as report.json has them: scenarios; with a sweep, sweep and connections_needed."""
+    out: dict = {"scenarios": {}}
+    for scenario in args.scenarios:
+        by_side: dict[tuple[str, int | None], list[dict]] = {}
+        for run in runs:
+            if run.scenario == scenario and run in results_by_run:
+                key = (run.side.name, run.side.pool_size if run.sweep else None)
+                by_side.setdefault(key, []).append({**results_by_run[run], "ran": run.position})
+        combined = {key: rounds.combine(found) for key, found in by_side.items()}
+        if args.pool_sizes:
+            sweep = {}
+            for (name, size), figures in combined.items():
+                if size is not None:
+                    sweep.setdefault(name, {})[str(size)] = figures
+            out.setdefault("sweep", {})[scenario] = sweep
+            chosen = str(args.pool_size if args.pool_size in args.pool_sizes else args.pool_sizes[0])
+            sides_of = {name: sizes[chosen] for name, sizes in sweep.items() if chosen in sizes}
+            if ("ceiling", None) in combined:
+                sides_of["ceiling"] = combined["ceiling", None]
+            elif args.ceiling and str(args.pool_sizes[-1]) in sweep.get("baseline", {}):
+                sides_of["ceiling"] = sweep["baseline"][str(args.pool_sizes[-1])]  # stock at >= threads
+            out.setdefault("connections_needed", {})[scenario] = connections_needed(
+                sweep, sides_of.get("ceiling")
+            )
+        else:
+            sides_of = {name: figures for (name, _), figures in combined.items()}
+        if not sides_of:
+            continue
+        if "ceiling" in sides_of and "release" in sides_of:
+            sides_of["release_of_ceiling"] = ratio(sides_of["release"]["rps"], sides_of["ceiling"]["rps"])
+        out["scenarios"][scenario] = {
+            name: sides_of[name] for name in [*TITLES, "release_of_ceiling"] if name in sides_of
+        }
+    return out
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
+def connections_needed(sweep: dict[str, dict[str, dict]], ceiling: dict | None) -> dict[str, int | None]:
+    """Per side, the smallest pool size that reaches 95% of the best throughput any side reached."""
+    best = max(
+        [figures["rps"] for sizes in sweep.values() for figures in sizes.values()]
+        + ([ceiling["rps"]] if ceiling else []),
+        default=0.0,
+    )
+    needed = {}
+    for name, sizes in sweep.items():
+        reaching = [int(size) for size, figures in sizes.items() if figures["rps"] >= NEEDED_SHARE * best]
+        needed[name] = min(reaching) if reaching else None
+    return needed
 
 
-def embedded_server_running() -> bool:
-    if os.environ.get("DATABASE_URL"):
-        return False
-    from devtools.localdb import LocalDatabase
+def decide_pgbouncer(args, notes: list[str]) -> None:
+    """Whether the PgBouncer side runs: asked for, or by default when the binary is there."""
+    if args.targets:
+        args.pgbouncer = "pgbouncer" in args.targets
+        return
+    if args.pool_sizes:
+        if args.pgbouncer:
+            notes.append("The PgBouncer side does not run in a pool-size sweep.")
+        args.pgbouncer = False
+        return
+    found = pgbouncer.binary() is not None
+    if args.pgbouncer and not found:
+        raise StartError(f"--pgbouncer: no pgbouncer on this machine: {pgbouncer.INSTALL_HINT}")
+    if args.pgbouncer is None:
+        args.pgbouncer = found
+        if not found:
+            notes.append(
+                "The stock + PgBouncer side was skipped: no pgbouncer binary on this machine "
+                "(Debian/Ubuntu: apt-get install pgbouncer)."
+            )
 
-    return LocalDatabase().running_server() is not None
 
-
-def stop_embedded_server() -> None:
-    from devtools.localdb import LocalDatabase
-
-    if LocalDatabase().stop():
-        say("stopped the embedded PostgreSQL this run started")
+def target_notes(args) -> list[str]:
+    if not args.targets:
+        return []
+    notes = [
+        "Sites given with --target ("
+        + ", ".join(f"{side} {url}" for side, url in args.targets.items())
+        + "): this run started none of them, so the workers' CPU was not read; the idle-server "
+        "timing and every other figure come from the sites' own /metrics and Locust."
+    ]
+    if not args.prepare_database:
+        notes.append(
+            "The database was neither prepared nor reset between sides (--prepare-database does both)."
+        )
+    return notes
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__.split("\n")[0])
     args.out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = target_notes(args)
+    uses_database = not args.targets or args.prepare_database
     # Leave the machine as we found it: stop the embedded server if this run starts it.
-    started_database = not os.environ.get("DATABASE_URL") and not embedded_server_running()
+    started_database = (
+        uses_database and not os.environ.get("DATABASE_URL") and not database.embedded_server_running()
+    )
+    shop = None
+    results: dict = {}
     try:
-        ensure_port_free(args.port)  # before starting anything
-        say(f"preparing the database (seed: {args.seed})")
-        customers = prepare_database(args.seed)
+        decide_pgbouncer(args, notes)
+        runs = plan(args)
+        say(describe_plan(args, runs))
+        if not args.targets:
+            ensure_port_free(args.port)  # before starting anything
+            if args.pgbouncer:
+                ensure_port_free(args.port + 1)
+        if uses_database:
+            say(f"preparing the database (seed: {args.seed})")
+            customers = database.prepare(args.seed)
+            shop = database.Shop()
+        else:
+            customers = os.environ.get("SHOP_CUSTOMER_IDS", "1-50")
         config = {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            **{k: (str(v) if k == "out" else v) for k, v in vars(args).items()},
             # No server with these threads answers requests that wait this long any faster.
             "latency_ceiling_rps": args.workers * args.threads * 1000 / max(args.external_latency_ms, 1),
             "machine": machine(),
         }
-        results: dict = {"config": config, "scenarios": {}}
-        for index, scenario in enumerate(args.scenarios):
-            runs: dict[str, list[dict]] = {side: [] for side in SIDES}
-            for round_number in range(1, args.rounds + 1):
-                # ABBA...: the side that goes first alternates from round to round too.
-                for position, side in enumerate(side_order(index + round_number - 1), start=1):
-                    run = one_side(scenario, side, args, customers, round_number)
-                    runs[side].append({**run, "ran": position})
-            results["scenarios"][scenario] = {side: rounds.combine(runs[side]) for side in SIDES}
+        results = {"config": config, "notes": notes, "scenarios": {}}
+        done: dict[Run, dict] = {}
+        for number, run in enumerate(runs, start=1):
+            if shop is not None:
+                shop.reset()
+            load = Load(
+                run.scenario, args.users, args.duration, args.external_latency_ms, customers, args.out
+            )
+            done[run] = run_one(run, number, len(runs), args, load)
+            results.update(fold(args, runs, done))
             report.write(results, args.out)  # keep what is done if a later run fails
-        if args.overhead_rounds:
+        if args.overhead_rounds and uses_database:
             say(f"per-query overhead, one thread ({args.overhead_rounds} rounds per engine)")
             from loadtests import overhead
 
@@ -391,14 +332,17 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: everything this run started has been stopped", file=sys.stderr)
         return 130
     finally:
+        if shop is not None:
+            shop.restore()
+            say("the shop's orders and stock are back as the seed left them")
         if settings.configured:
             connections.close_all()
-        if started_database:
-            stop_embedded_server()
+        if started_database and database.stop_embedded_server():
+            say("stopped the embedded PostgreSQL this run started")
     report.write(results, args.out)
     print()
-    print(report.markdown(results))
-    say(f"report written to {args.out}/ (report.md, report.html, report.json, *.png)")
+    print(report.summary_markdown(results))
+    say(f"details in {args.out}/report.md; open {args.out}/report.html for the charts")
     return 0
 
 

@@ -34,6 +34,8 @@ def combine(runs: list[dict]) -> dict:
             combined[key] = max(values)
         elif key == "ran":
             combined[key] = None  # each side ran first in some rounds
+        elif isinstance(values[0], str):
+            combined[key] = values[0]  # a file of the first round; each round's is in "rounds"
         else:
             combined[key] = statistics.median(values)
     combined["rounds"] = [{k: v for k, v in run.items() if k != "hold_distribution"} for run in runs]

@@ -146,7 +146,9 @@ class Gunicorn:
 class Site(Gunicorn):
     """One side of a comparison: the shop with `config`, on 127.0.0.1:`port`, for a `with` block."""
 
-    def __init__(self, config: SiteConfig, port: int, workdir: Path, extra_env: dict | None = None) -> None:
+    def __init__(
+        self, config: SiteConfig, port: int, workdir: Path, extra_env: dict | None = None, name: str = ""
+    ) -> None:
         env = {
             "DB_RELEASE": config.release,
             "DB_POOL": config.pool,
@@ -158,7 +160,7 @@ class Site(Gunicorn):
             "DJANGO_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }
-        super().__init__(port, workdir, env, name=config.release)
+        super().__init__(port, workdir, env, name=name or config.release)
         self.config = config
 
     def __enter__(self) -> Site:
