@@ -77,25 +77,43 @@ class PoolOverhead:
         resists a machine that speeds up or slows down during the run better
         than the difference of two medians does.
         """
+        return statistics.median(self.differences(variant, compared_to, cpu)) * 1e6
+
+    def spread_us(self, variant: str, compared_to: str, cpu: bool = False) -> float | None:
+        """The interquartile range of the per-round differences: how far apart the rounds were."""
+        differences = self.differences(variant, compared_to, cpu)
+        if len(differences) < 2:
+            return None
+        first, _, third = statistics.quantiles(differences, n=4)
+        return (third - first) * 1e6
+
+    def differences(self, variant: str, compared_to: str, cpu: bool) -> list[float]:
         pairs = zip(self.samples[variant], self.samples[compared_to], strict=True)
-        return statistics.median(a[cpu] - b[cpu] for a, b in pairs) * 1e6
+        return [a[cpu] - b[cpu] for a, b in pairs]
 
     def as_json(self) -> dict:
-        return {
+        figures = {
             "per_query_us": {variant: self.per_query_us(variant) for variant in VARIANTS},
             "cpu_per_query_us": {variant: self.per_query_us(variant, cpu=True) for variant in VARIANTS},
-            "overhead_us": self.extra_us("release", "baseline"),
-            "cpu_overhead_us": self.extra_us("release", "baseline", cpu=True),
-            "engine_overhead_us": self.extra_us("release, engine alone", "baseline, engine alone"),
-            "engine_cpu_overhead_us": self.extra_us(
-                "release, engine alone", "baseline, engine alone", cpu=True
-            ),
-            "overhead_with_ping_us": self.extra_us("release, ping every checkout", "baseline"),
-            "pool_library_us": self.extra_us("baseline, plus a bare pool checkout", "baseline, engine alone"),
-            "pool_library_cpu_us": self.extra_us(
-                "baseline, plus a bare pool checkout", "baseline, engine alone", cpu=True
-            ),
+            "rounds": len(self.samples["baseline"]),
         }
+        for name, (variant, compared_to, cpu) in DIFFERENCES.items():
+            figures[name] = self.extra_us(variant, compared_to, cpu)
+            figures[name.replace("_us", "_spread_us")] = self.spread_us(variant, compared_to, cpu)
+        return figures
+
+
+# Each figure of as_json(): (variant, compared to, CPU time rather than wall time). Beside each,
+# "..._spread_us" is the interquartile range of its per-round differences.
+DIFFERENCES = {
+    "overhead_us": ("release", "baseline", False),
+    "cpu_overhead_us": ("release", "baseline", True),
+    "engine_overhead_us": ("release, engine alone", "baseline, engine alone", False),
+    "engine_cpu_overhead_us": ("release, engine alone", "baseline, engine alone", True),
+    "overhead_with_ping_us": ("release, ping every checkout", "baseline", False),
+    "pool_library_us": ("baseline, plus a bare pool checkout", "baseline, engine alone", False),
+    "pool_library_cpu_us": ("baseline, plus a bare pool checkout", "baseline, engine alone", True),
+}
 
 
 def plain_pool(pool: str, conn_params: dict) -> tuple[Callable[[], None], Callable[[], None]]:

@@ -1,30 +1,37 @@
-"""Write a comparison as report.json, report.md and report.html with PNG charts."""
+"""Write a comparison as report.json, report.md and report.html with PNG charts.
+
+The result comes first: one sentence per scenario (release as a share of the
+ceiling, the connections each engine needs), one summary table, the key charts;
+the detailed tables follow in report.md and report.html.
+"""
 
 from __future__ import annotations
 
 import html
 import json
-import math
 from pathlib import Path
 
+from loadtests.side import TITLES
+
 ROWS = [
-    # key, label, format, better ("up", "down" or None)
-    ("rps", "throughput (req/s)", "{:.1f}", "up"),
-    ("failures", "failures", "{:d}", "down"),
-    ("pool_timeouts", "pool timeouts", "{:d}", "down"),
-    ("latency_p50_ms", "latency p50 (ms)", "{:.0f}", "down"),
-    ("latency_p95_ms", "latency p95 (ms)", "{:.0f}", "down"),
-    ("latency_p99_ms", "latency p99 (ms)", "{:.0f}", "down"),
-    ("hold_mean_ms", "hold per checkout, mean (ms)", "{:.2f}", "down"),
-    ("hold_p95_ms", "hold per checkout, p95 (ms)", "{:.2f}", "down"),
-    ("unloaded_hold_mean_ms", "hold per checkout on the idle server, mean (ms)", "{:.2f}", "down"),
-    ("wait_mean_ms", "wait for the pool, mean (ms)", "{:.2f}", "down"),
-    ("wait_p95_ms", "wait for the pool, p95 (ms)", "{:.2f}", "down"),
-    ("checkouts_per_request", "checkouts per request", "{:.2f}", None),
-    ("max_checked_out", "most connections out at once", "{:d}", None),
-    ("requests_ended_holding", "requests that ended holding (leaks)", "{:d}", None),
-    ("worker_cpu_ms_per_request", "worker CPU per request (ms)", "{:.2f}", "down"),
-    ("worker_busy_percent", "worker CPU busy under load (% of a core per worker)", "{:.0f}", None),
+    # key, label, format
+    ("rps", "throughput (req/s)", "{:.1f}"),
+    ("failures", "failures", "{:d}"),
+    ("pool_timeouts", "pool timeouts", "{:d}"),
+    ("latency_p50_ms", "latency p50 (ms)", "{:.0f}"),
+    ("latency_p95_ms", "latency p95 (ms)", "{:.0f}"),
+    ("latency_p99_ms", "latency p99 (ms)", "{:.0f}"),
+    ("hold_mean_ms", "hold per checkout, mean (ms)", "{:.2f}"),
+    ("hold_p95_ms", "hold per checkout, p95 (ms)", "{:.2f}"),
+    ("unloaded_hold_mean_ms", "hold per checkout on the idle server, mean (ms)", "{:.2f}"),
+    ("wait_mean_ms", "wait for the pool, mean (ms)", "{:.2f}"),
+    ("wait_p95_ms", "wait for the pool, p95 (ms)", "{:.2f}"),
+    ("checkouts_per_request", "checkouts per request", "{:.2f}"),
+    ("pool_size", "app pool (connections per worker)", "{:d}"),
+    ("max_checked_out", "most connections out at once", "{:d}"),
+    ("requests_ended_holding", "requests that ended holding (leaks)", "{:d}"),
+    ("worker_cpu_ms_per_request", "worker CPU per request (ms)", "{:.2f}"),
+    ("worker_busy_percent", "worker CPU busy under load (% of a core per worker)", "{:.0f}"),
 ]
 
 
@@ -42,34 +49,152 @@ def ratio(release, baseline) -> str:
     return f"×{release / baseline:.2f}"
 
 
-def summary(results: dict) -> str:
+def percent(part, whole) -> str:
+    if part is None or not whole:
+        return ""
+    return f"{100 * part / whole:.0f}%"
+
+
+def present(sides: dict) -> list[str]:
+    """The sides a scenario ran, in report order."""
+    return [name for name in TITLES if isinstance(sides.get(name), dict)]
+
+
+def side_title(name: str, side: dict) -> str:
+    if name == "pgbouncer" and side.get("server_connections"):
+        return f"{TITLES[name]} ({side['server_connections']} server connections)"
+    if name == "ceiling" and side.get("pool_size"):
+        return f"ceiling (stock, pool {side['pool_size']})"
+    if side.get("pool_size"):
+        return f"{TITLES[name]}, pool {side['pool_size']}"
+    return TITLES[name]
+
+
+# The result first
+
+
+def headline(results: dict) -> list[str]:
+    """One sentence per scenario: release against the ceiling, and the connections each needs."""
+    lines = []
+    needed_all = results.get("connections_needed", {})
+    for name, sides in results["scenarios"].items():
+        rel, base, ceiling = sides.get("release"), sides.get("baseline"), sides.get("ceiling")
+        if not rel or not base:
+            continue
+        if ceiling:
+            text = (
+                f"{name}: release with {pool(rel)} connections served {percent(rel['rps'], ceiling['rps'])} "
+                f"of stock Django with {pool(ceiling)} "
+                f"({rel['rps']:.0f} against {ceiling['rps']:.0f} req/s); "
+                f"stock with {pool(base)} served {base['rps']:.0f}"
+            )
+        else:
+            text = (
+                f"{name}: release served {rel['rps']:.0f} req/s, stock {base['rps']:.0f} on the same pool "
+                f"of {pool(rel)} ({ratio(rel['rps'], base['rps'])})"
+            )
+        needed = needed_all.get(name)
+        if needed:
+            text += (
+                f"; connections needed for 95% of the best: stock {needed_text(needed.get('baseline'))}, "
+                f"release {needed_text(needed.get('release'))}"
+            )
+        lines.append(text + ".")
+    return lines
+
+
+def pool(side: dict) -> str:
+    return str(side.get("pool_size") or "?")
+
+
+def needed_text(size) -> str:
+    return "more than tried" if size is None else str(size)
+
+
+def summary_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per scenario: the figures that decide it."""
+    scenarios = results["scenarios"]
+    names = [n for n in TITLES if any(isinstance(s.get(n), dict) for s in scenarios.values())]
+    first = {n: next(s[n] for s in scenarios.values() if isinstance(s.get(n), dict)) for n in names}
+    header = ["scenario", *[f"{side_title(n, first[n])} req/s" for n in names]]
+    header += ["release / stock", "release / ceiling", "hold per checkout, stock → release (ms)"]
+    header += ["p50 latency, stock → release (ms)", "failures / pool timeouts, release (others)"]
+    rows = []
+    for scenario, sides in scenarios.items():
+        base, rel = sides.get("baseline") or {}, sides.get("release") or {}
+        others = [sides[n] for n in present(sides) if n != "release"]
+        other_failures = sum(s.get("failures") or 0 for s in others)
+        other_timeouts = sum(s.get("pool_timeouts") or 0 for s in others)
+        rows.append(
+            [
+                scenario,
+                *[fmt((sides.get(n) or {}).get("rps"), "{:.1f}") for n in names],
+                ratio(rel.get("rps"), base.get("rps")),
+                percent(rel.get("rps"), (sides.get("ceiling") or {}).get("rps")),
+                f"{fmt(base.get('hold_mean_ms'), '{:.2f}')} → {fmt(rel.get('hold_mean_ms'), '{:.2f}')}",
+                f"{fmt(base.get('latency_p50_ms'), '{:.0f}')} → {fmt(rel.get('latency_p50_ms'), '{:.0f}')}",
+                f"{fmt(rel.get('failures'), '{:d}')} / {fmt(rel.get('pool_timeouts'), '{:d}')} "
+                f"({other_failures} / {other_timeouts})",
+            ]
+        )
+    return header, rows
+
+
+def sweep_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Throughput at each pool size, per scenario and side, and the connections each side needs."""
+    sweep = results.get("sweep")
+    if not sweep:
+        return None
+    sizes = sorted({int(size) for sides in sweep.values() for by_size in sides.values() for size in by_size})
+    header = ["scenario", "side", *[f"pool {size}" for size in sizes], "connections needed"]
+    rows = []
+    for scenario, sides in sweep.items():
+        needed = results.get("connections_needed", {}).get(scenario, {})
+        for name, by_size in sides.items():
+            rows.append(
+                [
+                    scenario,
+                    TITLES[name],
+                    *[fmt((by_size.get(str(size)) or {}).get("rps"), "{:.1f}") for size in sizes],
+                    needed_text(needed.get(name)),
+                ]
+            )
+    return header, rows
+
+
+def config_text(results: dict) -> str:
     config = results["config"]
     m = config["machine"]
-    return (
-        f"Pool `{config['pool']}`, {config['workers']} gunicorn worker(s) × {config['threads']} threads, "
-        f"pool size {config['pool_size']}, {config['users']} users, {config['duration']} s per side, "
+    sizes = config.get("pool_sizes") or []
+    pools = f"pool sizes {', '.join(map(str, sizes))}" if sizes else f"pool size {config['pool_size']}"
+    text = (
+        f"Pool {config['pool']}, {config['workers']} gunicorn worker(s) × {config['threads']} threads, "
+        f"{pools}, {config['users']} users, {config['duration']} s per side, "
         f"external call {config['external_latency_ms']} ms (no server with these threads beats "
         f"{config['latency_ceiling_rps']:.0f} req/s). Machine: {m['cpu']} ({m['cores']} cores), "
         f"Python {m['python']}, Django {m['django']}, gunicorn {m.get('gunicorn', '?')}, "
         f"commit {m['commit']}."
-        + (
+    )
+    if config.get("rounds", 1) > 1:
+        text += (
             f" Each side ran {config['rounds']} times, the first side alternating; figures are "
             "medians, failures, pool timeouts and leaks the sum of all rounds."
-            if config.get("rounds", 1) > 1
-            else ""
         )
-    )
+    return text
+
+
+# The details
 
 
 def ran_first(sides: dict) -> str:
-    """' The release side ran first.', from each side's position in the run (reports since it was kept)."""
-    first = [name for name, side in sides.items() if side.get("ran") == 1]
+    """' The release side ran first.', from each side's position in the run."""
+    first = [name for name in present(sides) if sides[name].get("ran") == 1]
     return f" The {first[0]} side ran first." if first else ""
 
 
 def per_round(sides: dict) -> str:
     """' Per round, release ÷ baseline: ×4.10, ×4.32, ×4.21.' when the sides ran several times."""
-    base, rel = sides["baseline"].get("rounds"), sides["release"].get("rounds")
+    base, rel = (sides.get("baseline") or {}).get("rounds"), (sides.get("release") or {}).get("rounds")
     if not base or not rel:
         return ""
     ratios = ", ".join(ratio(r["rps"], b["rps"]) or "n/a" for b, r in zip(base, rel, strict=True))
@@ -88,30 +213,39 @@ def of_bound(side: dict, threads: int) -> str:
 
 
 def sections(results: dict):
-    """(title, one-line verdict, header, rows) per table, for Markdown and HTML alike."""
+    """(title, one-line verdict, header, rows) per detailed table, for Markdown and HTML alike."""
     threads = results["config"]["workers"] * results["config"]["threads"]
     for name, sides in results["scenarios"].items():
-        base, rel = sides["baseline"], sides["release"]
+        names = present(sides)
+        base, rel = sides.get("baseline") or {}, sides.get("release") or {}
         verdict = (
-            f"Release serves {fmt(rel['rps'], '{:.1f}')} req/s{of_bound(rel, threads)}, "
-            f"baseline {fmt(base['rps'], '{:.1f}')} req/s: {ratio(rel['rps'], base['rps']) or 'n/a'}."
+            f"Release serves {fmt(rel.get('rps'), '{:.1f}')} req/s{of_bound(rel, threads) if rel else ''}, "
+            f"baseline {fmt(base.get('rps'), '{:.1f}')} req/s: "
+            f"{ratio(rel.get('rps'), base.get('rps')) or 'n/a'}."
             f"{ran_first(sides)}{per_round(sides)}"
         )
         rows = [
-            [
-                label,
-                fmt(base.get(key), pattern),
-                fmt(rel.get(key), pattern),
-                ratio(rel.get(key), base.get(key)),
-            ]
-            for key, label, pattern, _ in ROWS
+            [label, *[fmt(sides[n].get(key), pattern) for n in names], ratio(rel.get(key), base.get(key))]
+            for key, label, pattern in ROWS
         ]
-        yield name, verdict, ["", "baseline", "release", "release / baseline"], rows
+        yield name, verdict, ["", *[side_title(n, sides[n]) for n in names], "release / stock"], rows
+    table = sweep_table(results)
+    if table:
+        yield "Pool-size sweep (req/s)", "", *table
     if "overhead" in results:
-        rows = overhead_rows(results["overhead"])
-        yield "Per-query cost of release (one thread)", "", OVERHEAD_HEADER, rows
+        yield (
+            "Per-query cost of release (one thread)",
+            OVERHEAD_NOTE,
+            OVERHEAD_HEADER,
+            overhead_rows(results["overhead"]),
+        )
 
 
+OVERHEAD_NOTE = (
+    "Each figure is the median of the per-round differences, with their interquartile range (IQR); "
+    "'noisy' stands where the IQR is larger than the figure, or where the pool library alone came out "
+    "above the whole engine."
+)
 OVERHEAD_HEADER = [
     "pool", "baseline µs/query", "release µs/query", "overhead", "CPU overhead",
     "engine alone", "engine alone, CPU", "with a ping per checkout",
@@ -119,23 +253,64 @@ OVERHEAD_HEADER = [
 ]  # fmt: skip
 
 
+def with_spread(o: dict, key: str, noisy: bool = False) -> str:
+    """'+29.7 µs (IQR 6.1)', or 'noisy (IQR 410)' where the rounds disagree more than the figure says."""
+    value, spread = o.get(key), o.get(key.replace("_us", "_spread_us"))
+    if value is None:
+        return "–"
+    if spread is None:
+        return f"{value:+.1f} µs"
+    if noisy or spread > abs(value):
+        return f"noisy (IQR {spread:.0f} µs)"
+    return f"{value:+.1f} µs (IQR {spread:.1f})"
+
+
 def overhead_rows(overhead: dict) -> list[list[str]]:
     """Rows of the per-query cost table, from loadtests.overhead.as_json()."""
-    return [
-        [
-            pool,
-            f"{o['per_query_us']['baseline']:.1f}",
-            f"{o['per_query_us']['release']:.1f}",
-            f"{o['overhead_us']:+.1f} µs",
-            f"{o['cpu_overhead_us']:+.1f} µs",
-            f"{o['engine_overhead_us']:+.1f} µs",
-            f"{o['engine_cpu_overhead_us']:+.1f} µs",
-            f"{o['overhead_with_ping_us']:+.1f} µs",
-            f"{o['pool_library_us']:+.1f} µs",
-            f"{o['pool_library_cpu_us']:+.1f} µs",
-        ]
-        for pool, o in overhead.items()
-    ]
+    rows = []
+    for pool_name, o in overhead.items():
+        # The floor above the whole engine: the round-to-round noise is larger than either.
+        floor_above = o["pool_library_us"] > o["engine_overhead_us"]
+        floor_cpu_above = o["pool_library_cpu_us"] > o["engine_cpu_overhead_us"]
+        rows.append(
+            [
+                pool_name,
+                f"{o['per_query_us']['baseline']:.1f}",
+                f"{o['per_query_us']['release']:.1f}",
+                with_spread(o, "overhead_us"),
+                with_spread(o, "cpu_overhead_us"),
+                with_spread(o, "engine_overhead_us", floor_above),
+                with_spread(o, "engine_cpu_overhead_us", floor_cpu_above),
+                with_spread(o, "overhead_with_ping_us"),
+                with_spread(o, "pool_library_us", floor_above),
+                with_spread(o, "pool_library_cpu_us", floor_cpu_above),
+            ]
+        )
+    return rows
+
+
+def locust_reports(results: dict) -> list[tuple[str, str]]:
+    """(label, relative path) of every Locust HTML report of the run."""
+    found = []
+    for scenario, sides in results["scenarios"].items():
+        for name in present(sides):
+            side = sides[name]
+            reports = [r.get("locust_report") for r in side.get("rounds", [side])]
+            for number, path in enumerate(reports, start=1):
+                if path:
+                    label = f"{scenario}, {side_title(name, side)}" + (
+                        f", round {number}" if len(reports) > 1 else ""
+                    )
+                    found.append((label, path))
+    for scenario, sides in results.get("sweep", {}).items():
+        for name, by_size in sides.items():
+            for size, side in by_size.items():
+                if side.get("locust_report"):
+                    found.append((f"{scenario}, {TITLES[name]}, pool {size} (sweep)", side["locust_report"]))
+    return list(dict.fromkeys(found))
+
+
+# Markdown and HTML
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -143,119 +318,77 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def markdown(results: dict) -> str:
-    lines = [summary(results), ""]
+def summary_markdown(results: dict) -> str:
+    """What the run prints at its end: the headline, the summary table, the sweep, the notes."""
+    if not results.get("scenarios"):
+        return "(no scenario finished)"
+    lines = [*headline(results), "", *markdown_table(*summary_table(results)), ""]
+    table = sweep_table(results)
+    if table:
+        lines += [*markdown_table(*table), ""]
+    lines += [f"Note: {note}" for note in results.get("notes", [])]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def markdown(results: dict, images: list[str] = ()) -> str:
+    lines = [summary_markdown(results), config_text(results), ""]
+    lines += [f"![{name}]({name})" for name in images] + [""]
     for title, verdict, header, rows in sections(results):
         lines += [f"### {title}", ""] + ([verdict, ""] if verdict else [])
         lines += markdown_table(header, rows)
         lines.append("")
+    reports = locust_reports(results)
+    if reports:
+        lines += ["Locust's own reports: " + ", ".join(f"[{label}]({path})" for label, path in reports), ""]
     return "\n".join(lines)
 
 
-def html_tables(results: dict) -> str:
-    parts = [f"<p>{html.escape(summary(results))}</p>"]
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_page(results: dict, images: list[str]) -> str:
+    parts = ["<h1>Connection release: stock Django against release</h1>"]
+    if results.get("scenarios"):
+        parts += [f'<p class="headline">{html.escape(line)}</p>' for line in headline(results)]
+        parts.append(html_table(*summary_table(results)))
+    parts.append(f"<p>{html.escape(config_text(results))}</p>")
+    parts += [f"<p>{html.escape(note)}</p>" for note in results.get("notes", [])]
+    parts += [f'<p><img src="{html.escape(name)}" alt="{html.escape(name)}"></p>' for name in images]
     for title, verdict, header, rows in sections(results):
         parts.append(f"<h2>{html.escape(title)}</h2>")
         if verdict:
             parts.append(f"<p>{html.escape(verdict)}</p>")
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+        parts.append(html_table(header, rows))
+    reports = locust_reports(results)
+    if reports:
+        links = "".join(
+            f'<li><a href="{html.escape(p)}">{html.escape(label)}</a></li>' for label, p in reports
         )
-        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-    return "\n".join(parts)
-
-
-def charts(results: dict, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(results["scenarios"])
-    if not names:
-        return []
-    written = []
-    colours = {"baseline": "#9e9e9e", "release": "#3a6ea5"}
-    x = range(len(names))
-    width = 0.38
-
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for i, side in enumerate(("baseline", "release")):
-        values = [results["scenarios"][n][side]["rps"] for n in names]
-        bars = ax.bar([p + (i - 0.5) * width for p in x], values, width, label=side, color=colours[side])
-        ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    labelled = False
-    for position, name in zip(x, names, strict=True):
-        bound = results["scenarios"][name]["release"].get("thread_bound_rps")
-        if bound:
-            ax.hlines(bound, position - width, position + width, colors="#c62828", linestyles="--",
-                      linewidth=1, label=None if labelled else "thread bound")  # fmt: skip
-            labelled = True
-    ax.set_xticks(list(x), names)
-    ax.set_ylabel("requests per second")
-    ax.set_title("Throughput on the same pool")
-    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the legend above the bars and bounds
-    ax.legend(fontsize=8, loc="upper center", ncols=3)
-    fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=110)
-    plt.close(fig)
-    written.append("throughput.png")
-
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for i, side in enumerate(("baseline", "release")):
-        p50 = [results["scenarios"][n][side]["latency_p50_ms"] for n in names]
-        p95 = [results["scenarios"][n][side]["latency_p95_ms"] for n in names]
-        positions = [p + (i - 0.5) * width for p in x]
-        ax.bar(positions, p95, width, color=colours[side], alpha=0.35, label=f"{side} p95")
-        ax.bar(positions, p50, width, color=colours[side], label=f"{side} p50")
-    ax.set_xticks(list(x), names)
-    ax.set_ylabel("milliseconds (client side)")
-    ax.set_title("Latency")
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=110)
-    plt.close(fig)
-    written.append("latency.png")
-
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False, sharey=True)
-    for ax, name in zip(axes[0], names, strict=True):
-        for side in ("baseline", "release"):
-            dist = results["scenarios"][name][side]["hold_distribution"]
-            total = sum(count for _, count in dist) or 1
-            bounds = [b for b, _ in dist if not math.isinf(b)]
-            shares = [100 * c / total for b, c in dist if not math.isinf(b)]
-            ax.step([b * 1000 for b in bounds], shares, where="pre", color=colours[side], label=side)
-        ax.set_xscale("log")
-        ax.set_title(name)
-    axes[0][0].set_ylabel("% of checkouts")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("How long each checkout held its connection")
-    fig.supxlabel("hold per checkout (ms, histogram bucket upper bound, log scale)")
-    fig.tight_layout()
-    fig.savefig(out / "hold.png", dpi=110)
-    plt.close(fig)
-    written.append("hold.png")
-    return written
+        parts.append(f"<h2>Locust's own reports</h2><ul>{links}</ul>")
+    parts.append('<p>Every figure: <a href="report.json">report.json</a>.</p>')
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Connection release report</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse;margin:0.5rem 0 1.5rem}}td,th{{border:1px solid #ccc;padding:0.25rem 0.6rem}}
+td:not(:first-child){{text-align:right}}img{{max-width:100%}}.headline{{font-size:1.1rem;font-weight:600}}</style>
+</head><body>
+{chr(10).join(parts)}
+</body></html>
+"""
 
 
 def write(results: dict, out: Path) -> None:
+    from loadtests import charts
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(results, indent=2, default=str))
+    if not results.get("scenarios"):
+        return
+    images = charts.draw(results, out)
     (out / "report.md").write_text(
-        "# Connection release: baseline against release\n\n" + markdown(results) + "\n"
+        "# Connection release: stock Django against release\n\n" + markdown(results, images)
     )
-    images = charts(results, out)
-    body = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Connection release report</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
-table{{border-collapse:collapse;margin:0.5rem 0 1.5rem}}td,th{{border:1px solid #ccc;padding:0.25rem 0.6rem}}
-td:not(:first-child){{text-align:right}}img{{max-width:100%}}</style></head>
-<body><h1>Connection release: baseline against release</h1>
-{html_tables(results)}
-{body}
-<p>Raw numbers: <a href="report.json">report.json</a>. Locust's own reports: locust/*.html.</p>
-</body></html>
-"""
-    (out / "report.html").write_text(page)
+    (out / "report.html").write_text(html_page(results, images))

@@ -1,0 +1,146 @@
+"""The report's PNG charts: throughput with the ceiling, the pool-size sweep, hold per checkout, latency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loadtests.side import TITLES
+
+COLOURS = {"baseline": "#9e9e9e", "release": "#3a6ea5", "ceiling": "#2e7d32", "pgbouncer": "#ef8a17"}
+WIDE = (8, 3.8)  # inches: at 110 dpi, 880 px, readable at a page's width
+
+
+def draw(results: dict, out: Path) -> list[str]:
+    """Write the charts the results allow; their file names, most telling first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    written = [throughput(results, out)]
+    if results.get("sweep"):
+        written.append(sweep(results, out))
+    written += [hold(results, out), latency(results, out)]
+    return written
+
+
+def sides_of(results: dict) -> list[str]:
+    scenarios = results["scenarios"].values()
+    return [n for n in TITLES if any(isinstance(s.get(n), dict) for s in scenarios)]
+
+
+def grouped_bars(ax, results: dict, value, label=None) -> None:
+    """One group of bars per scenario, one bar per side; `value(side)` gives its height."""
+    names = list(results["scenarios"])
+    sides = sides_of(results)
+    width = 0.8 / len(sides)
+    for i, side in enumerate(sides):
+        positions = [p + (i - (len(sides) - 1) / 2) * width for p in range(len(names))]
+        heights = [value(results["scenarios"][n].get(side) or {}) or 0 for n in names]
+        bars = ax.bar(positions, heights, width, label=TITLES[side], color=COLOURS[side])
+        if label:
+            ax.bar_label(bars, fmt=label, fontsize=7)
+    ax.set_xticks(range(len(names)), names)
+
+
+def save(fig, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return name
+
+
+def throughput(results: dict, out: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=WIDE)
+    grouped_bars(ax, results, lambda side: side.get("rps"), "%.0f")
+    for position, sides in enumerate(results["scenarios"].values()):
+        if sides.get("ceiling"):  # the ceiling across the whole group, to read every bar against it
+            ax.hlines(sides["ceiling"]["rps"], position - 0.45, position + 0.45, colors=COLOURS["ceiling"],
+                      linestyles="--", linewidth=1)  # fmt: skip
+    ax.set_ylabel("requests per second")
+    ax.set_title("Throughput (the dashed line: stock Django with a pool as large as its threads)")
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.18)
+    ax.legend(fontsize=8, loc="upper center", ncols=4)
+    return save(fig, out, "throughput.png")
+
+
+def sweep(results: dict, out: Path) -> str:
+    """Throughput against pool size (log 2), both engines, the ceiling a line, connections needed circled."""
+    import matplotlib.pyplot as plt
+
+    scenarios = list(results["sweep"])
+    columns = min(2, len(scenarios))
+    rows = (len(scenarios) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(scenarios) :]:
+        ax.set_visible(False)
+    for ax, scenario in zip(axes.flat, scenarios, strict=False):
+        needed = results.get("connections_needed", {}).get(scenario, {})
+        for side, by_size in results["sweep"][scenario].items():
+            sizes = sorted(int(s) for s in by_size)
+            rps = [by_size[str(s)]["rps"] for s in sizes]
+            ax.plot(sizes, rps, marker="o", color=COLOURS[side], label=TITLES[side])
+            if needed.get(side) is not None:
+                size = needed[side]
+                ax.plot([size], [by_size[str(size)]["rps"]], marker="o", markersize=13, fillstyle="none",
+                        color=COLOURS[side])  # fmt: skip
+                ax.annotate(f"{TITLES[side]}: {size}", (size, by_size[str(size)]["rps"]),
+                            textcoords="offset points", xytext=(6, -14 if side == "baseline" else 8),
+                            fontsize=8, color=COLOURS[side])  # fmt: skip
+        ceiling = (results["scenarios"].get(scenario) or {}).get("ceiling")
+        if ceiling:
+            ax.axhline(ceiling["rps"], color=COLOURS["ceiling"], linestyle="--", linewidth=1,
+                       label=f"ceiling (pool {ceiling.get('pool_size', '?')})")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        all_sizes = sorted({int(s) for by_size in results["sweep"][scenario].values() for s in by_size})
+        ax.set_xticks(all_sizes, [str(s) for s in all_sizes])
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{scenario}: circled, the connections each needs")
+        ax.set_xlabel("pool size (connections per worker)")
+        ax.set_ylabel("requests per second")
+        ax.legend(fontsize=7, loc="lower right")
+    return save(fig, out, "sweep.png")
+
+
+def hold(results: dict, out: Path) -> str:
+    """Hold per checkout: the mean (solid) and p95 (pale, behind), per scenario and side, log scale."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=WIDE)
+    names = list(results["scenarios"])
+    sides = sides_of(results)
+    width = 0.8 / len(sides)
+    for i, side in enumerate(sides):
+        positions = [p + (i - (len(sides) - 1) / 2) * width for p in range(len(names))]
+        figures = [results["scenarios"][n].get(side) or {} for n in names]
+        ax.bar(positions, [f.get("hold_p95_ms") or 0 for f in figures], width, color=COLOURS[side], alpha=0.3)
+        bars = ax.bar(positions, [f.get("hold_mean_ms") or 0 for f in figures], width, color=COLOURS[side],
+                      label=TITLES[side])  # fmt: skip
+        ax.bar_label(bars, fmt="%.2g", fontsize=7)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per checkout (log scale)")
+    ax.set_title("How long a checkout held its connection: mean, and p95 behind it")
+    ax.legend(fontsize=8, ncols=4, loc="upper center")
+    ax.set_ylim(top=ax.get_ylim()[1] * 8)
+    return save(fig, out, "hold.png")
+
+
+def latency(results: dict, out: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=WIDE)
+    grouped_bars(ax, results, lambda side: side.get("latency_p95_ms"))
+    for bar_container in list(ax.containers):
+        for patch in bar_container:
+            patch.set_alpha(0.35)
+    grouped_bars(ax, results, lambda side: side.get("latency_p50_ms"))
+    handles, labels = ax.get_legend_handles_labels()
+    half = len(handles) // 2
+    ax.legend(handles[half:], labels[half:], fontsize=8, ncols=4)
+    ax.set_ylabel("milliseconds (client side)")
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.18)  # room for the legend
+    ax.set_title("Latency: p50, and p95 (pale) behind it")
+    return save(fig, out, "latency.png")
