@@ -51,45 +51,137 @@ def gunicorns_started_by(pid: int) -> list[psutil.Process]:
             and str(ROOT) in " ".join(p.info["cmdline"] or []) and p.pid != pid]  # fmt: skip
 
 
-def test_a_short_run_writes_the_three_reports_and_prints_the_table(tmp_path):
+def seeded_stock() -> dict[str, int]:
+    """Each seeded product's stock as the seed makes it."""
+    from apps.storefront.seeding import product_rows
+
+    return {row.sku: row.stock for row in product_rows(50, [0])}
+
+
+def test_a_short_run_writes_the_reports_with_the_result_first(tmp_path):
+    from apps.catalog.models import Product
+    from apps.orders.models import Order
+
     port = free_port()
     # Six seconds: long enough for one of the runner's five-second CPU readings.
     result = compare(
         tmp_path, "--scenarios", "raw", "--duration", "6", "--users", "4", "--threads", "4",
-        "--external-latency-ms", "20", "--overhead-rounds", "1", "--port", str(port), "--seed", "small",
+        "--pool-size", "1", "--external-latency-ms", "20", "--overhead-rounds", "2", "--port", str(port),
+        "--seed", "small",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
 
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     sides = report["scenarios"]["raw"]
-    for side in ("baseline", "release"):
+    with_pgbouncer = shutil.which("pgbouncer") is not None
+    names = ["baseline", "release", "ceiling"] + (["pgbouncer"] if with_pgbouncer else [])
+    for side in names:
         assert sides[side].keys() >= METRIC_KEYS
         assert sides[side]["rps"] > 0
         assert sides[side]["failures"] == 0
+    assert sides["ceiling"]["pool_size"] == 4 and sides["release"]["pool_size"] == 1  # as many as threads
+    assert sides["release_of_ceiling"] == pytest.approx(sides["release"]["rps"] / sides["ceiling"]["rps"])
     assert sides["release"]["hold_mean_ms"] < sides["baseline"]["hold_mean_ms"]
     assert report["config"]["latency_ceiling_rps"] == 4 * 1000 / 20
     for side in ("baseline", "release"):
         # One request on the idle server takes the external call and a little more.
         assert sides[side]["unloaded_latency_ms"] > 20
         assert sides[side]["thread_bound_rps"] == pytest.approx(4 * 1000 / sides[side]["unloaded_latency_ms"])
-    # Alone on the server, baseline holds its connection through the 20 ms call; release does not.
-    assert sides["baseline"]["unloaded_hold_mean_ms"] > 20
-    assert 0 < sides["release"]["unloaded_hold_mean_ms"] < 20
-    for side in ("baseline", "release"):
         # Read from the gunicorn worker's own CPU time: per request, and every five seconds.
         assert sides[side]["worker_cpu_ms_per_request"] > 0
         assert 0 < sides[side]["worker_busy_percent"] < 100 * os.cpu_count()
-    assert "native" in report["overhead"]
-    assert {sides["baseline"]["ran"], sides["release"]["ran"]} == {1, 2}
+    # Alone on the server, baseline holds its connection through the 20 ms call; release does not.
+    assert sides["baseline"]["unloaded_hold_mean_ms"] > 20
+    assert 0 < sides["release"]["unloaded_hold_mean_ms"] < 20
+    if with_pgbouncer:
+        assert sides["pgbouncer"]["server_connections"] == 1  # as many as release's pool
+        assert sides["pgbouncer"]["pool_size"] == 4
+    else:
+        assert "PgBouncer side was skipped" in result.stdout
+    overhead = report["overhead"]["native"]
+    assert "engine_overhead_spread_us" in overhead and overhead["rounds"] == 2
+    assert sorted(s["ran"] for s in map(sides.get, names)) == list(range(1, len(names) + 1))
+
+    # The plan first, numbered sides, then one table at the end.
+    assert result.stdout.index("plan: 1 scenario(s)") < result.stdout.index(f"side 1/{len(names)} raw/")
+    assert re.search(r"hold [\d.]+ ms per checkout, wait [\d.]+ ms", result.stdout)
+    end = result.stdout[result.stdout.index("raw: release with 1 connections served") :]
+    assert sum(line.startswith("|---") for line in end.splitlines()) == 1  # one table, the summary
+    assert "release / ceiling" in end and "report.html" in end
     markdown = (tmp_path / "report" / "report.md").read_text()
-    assert "side ran first." in markdown
+    assert markdown.index("release / ceiling") < markdown.index("### raw")  # the summary before details
     for row in ("| hold per checkout on the idle server", "| worker CPU per request", "| worker CPU busy"):
         assert row in markdown
-    for name in ("report.md", "report.html", "throughput.png", "latency.png", "hold.png"):
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.index('class="headline"') < page.index("<img") < page.index("<h2>")
+    assert "`" not in page  # no Markdown in the HTML
+    assert 'href="locust/raw-release.html"' in page
+    for name in ("report.md", "throughput.png", "latency.png", "hold.png", "locust/raw-release.html"):
         assert (tmp_path / "report" / name).stat().st_size > 0, name
-    assert "| throughput (req/s) |" in result.stdout
-    assert "report written to" in result.stdout
     assert gunicorns_started_by(os.getpid()) == [], "the runner stopped the sites it started"
+
+    # The shop is left as the seed made it: the run's orders gone, the stock as seeded.
+    assert not Order.objects.exclude(number__startswith="S-").exists()
+    assert dict(Product.objects.values_list("sku", "stock")) == seeded_stock()
+
+
+def test_a_pool_size_sweep_reports_the_connections_each_engine_needs(tmp_path):
+    result = compare(
+        tmp_path, "--scenarios", "raw", "--duration", "3", "--users", "8", "--threads", "4",
+        "--pool-sizes", "4,1", "--pool-size", "1", "--external-latency-ms", "20", "--overhead-rounds", "0",
+        "--port", str(free_port()), "--seed", "small",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    sweep = report["sweep"]["raw"]
+    assert sweep.keys() == {"baseline", "release"}
+    for side in sweep.values():
+        assert side.keys() == {"1", "4"}
+        assert all(figures.keys() >= METRIC_KEYS and figures["rps"] > 0 for figures in side.values())
+    needed = report["connections_needed"]["raw"]
+    best = max(figures["rps"] for side in sweep.values() for figures in side.values())
+    for name, size in needed.items():
+        reaching = [int(s) for s, figures in sweep[name].items() if figures["rps"] >= 0.95 * best]
+        assert size == (min(reaching) if reaching else None)
+    # Stock with a pool as large as its threads is in the sweep: it is the ceiling.
+    assert report["scenarios"]["raw"]["ceiling"] == sweep["baseline"]["4"]
+    assert report["scenarios"]["raw"]["release"] == sweep["release"]["1"]  # --pool-size 1
+    assert "side 4/4 raw/" in result.stdout and "(pool 1)" in result.stdout
+    assert "connections needed" in result.stdout
+    assert (tmp_path / "report" / "sweep.png").stat().st_size > 0
+
+
+def test_a_comparison_against_sites_already_running(tmp_path, serve):
+    """--target: the sites are someone else's; nothing is started, the database left alone."""
+    from django.core.management import call_command
+
+    call_command("seed", size="small", verbosity=0)
+    sites = {
+        "baseline": serve(workers=1, env={"DB_RELEASE": "request", "EXTERNAL_LATENCY_MS": "20"}),
+        "release": serve(workers=1, env={"DB_RELEASE": "cursor", "EXTERNAL_LATENCY_MS": "20"}),
+    }
+    before = {p.pid for p in gunicorns_started_by(os.getpid())}
+    result = compare(
+        tmp_path, "--scenarios", "raw", "--duration", "3", "--users", "4", "--threads", "4",
+        "--external-latency-ms", "20",
+        *[f"--target={side}={site.base}" for side, site in sites.items()],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    assert {p.pid for p in gunicorns_started_by(os.getpid())} == before  # none started, none stopped
+    assert "preparing the database" not in result.stdout + result.stderr
+    assert "per-query overhead" not in result.stdout  # that needs the database
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    sides = report["scenarios"]["raw"]
+    assert sides.keys() == {"baseline", "release"}
+    for name, site in sites.items():
+        assert sides[name]["url"] == site.base
+        assert sides[name]["rps"] > 0 and sides[name]["failures"] == 0
+        assert sides[name]["worker_cpu_ms_per_request"] is None  # not our process
+        assert sides[name]["unloaded_hold_mean_ms"] > 0  # from the site's own /metrics
+        assert sides[name]["pool_size"] == 4  # what the site says it has (DB_POOL_MAX_SIZE)
+    assert sides["release"]["hold_mean_ms"] < sides["baseline"]["hold_mean_ms"]
+    assert any("this run started none of them" in note for note in report["notes"])
+    assert "worker" in (tmp_path / "report" / "report.md").read_text().split("### raw")[0]
 
 
 def test_a_taken_port_is_reported_and_nothing_is_left_running(tmp_path):
@@ -136,11 +228,103 @@ def test_instruction_counts_put_the_engine_above_the_bare_pool():
 
 
 def test_the_side_that_runs_first_alternates_from_one_scenario_to_the_next():
-    from loadtests.compare import side_order
+    from loadtests.arguments import parse_args
+    from loadtests.compare import plan
 
-    assert side_order(0) == ["baseline", "release"]
-    assert side_order(1) == ["release", "baseline"]
-    assert side_order(2) == side_order(0)
+    runs = plan(parse_args(["--scenarios", "raw,orm,atomic", "--no-pgbouncer"]))
+    order = [(run.scenario, run.side.name, run.position) for run in runs]
+    assert order[:3] == [("raw", "baseline", 1), ("raw", "release", 2), ("raw", "ceiling", 3)]
+    assert order[3:6] == [("orm", "ceiling", 1), ("orm", "release", 2), ("orm", "baseline", 3)]
+    assert [(side, position) for scenario, side, position in order[6:]] == [(s, p) for _, s, p in order[:3]]
+
+
+def test_a_sweep_runs_both_engines_at_each_size_and_the_ceiling_when_no_size_reaches_the_threads():
+    from loadtests.arguments import parse_args
+    from loadtests.compare import plan
+
+    runs = plan(parse_args(["--scenarios", "raw", "--pool-sizes", "2,1", "--threads", "8"]))
+    assert [(run.side.name, run.side.pool_size) for run in runs] == [
+        ("baseline", 1), ("release", 1), ("release", 2), ("baseline", 2), ("ceiling", 8),
+    ]  # fmt: skip
+    assert [run.files for run in runs][:2] == ["raw-baseline-pool1", "raw-release-pool1"]
+    runs = plan(parse_args(["--scenarios", "raw", "--pool-sizes", "2,8", "--threads", "8", "--rounds", "2"]))
+    assert "ceiling" not in {run.side.name for run in runs}  # stock at 8 is the ceiling
+    assert runs[0].files == "raw-baseline-pool2-round1"
+
+
+def test_connections_needed_is_the_smallest_pool_reaching_95_percent_of_the_best():
+    from loadtests.compare import connections_needed
+
+    sweep = {
+        "baseline": {"1": {"rps": 20.0}, "2": {"rps": 40.0}, "32": {"rps": 500.0}},
+        "release": {"1": {"rps": 300.0}, "2": {"rps": 480.0}, "32": {"rps": 490.0}},
+    }
+    assert connections_needed(sweep, None) == {"baseline": 32, "release": 2}
+    assert connections_needed(sweep, {"rps": 1000.0}) == {"baseline": None, "release": None}
+
+
+def test_the_commit_comes_from_the_environment_or_a_file_without_git(tmp_path, monkeypatch):
+    from loadtests import machine
+
+    monkeypatch.setenv("GIT_COMMIT", "abc1234")
+    assert machine.commit() == "abc1234"
+    monkeypatch.delenv("GIT_COMMIT")
+    monkeypatch.setattr(machine, "COMMIT_FILE", tmp_path / "COMMIT")
+    (tmp_path / "COMMIT").write_text("def5678\n")
+    assert machine.commit() == "def5678"
+    (tmp_path / "COMMIT").unlink()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git to be found
+    assert machine.commit() == "unknown"
+    assert machine.machine()["commit"] == "unknown"
+
+
+def test_targets_are_checked_before_anything_starts():
+    from loadtests.arguments import parse_args
+
+    def refused(*argv: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "loadtests.compare", *argv], cwd=ROOT, capture_output=True, text=True
+        )
+        assert result.returncode == 2
+        return result.stderr
+
+    assert "at least release=URL and baseline=URL" in refused("--target", "release=http://127.0.0.1:1")
+    assert "one of baseline, release, ceiling, pgbouncer" in refused("--target", "turbo=http://127.0.0.1:1")
+    assert "only to 127.0.0.0/8" in refused(
+        "--target", "release=http://192.0.2.1:8000", "--target", "baseline=http://127.0.0.1:1"
+    )
+    assert "cannot resize" in refused(
+        "--target",
+        "release=http://127.0.0.1:1",
+        "--target",
+        "baseline=http://127.0.0.1:2",
+        "--pool-sizes",
+        "1,2",
+    )
+    args = parse_args(
+        ["--target", "release=http://localhost:8000/", "--target", "baseline=http://127.0.0.1:8001"]
+    )
+    assert args.targets == {"release": "http://localhost:8000", "baseline": "http://127.0.0.1:8001"}
+
+
+def test_per_query_figures_say_noisy_where_the_rounds_disagree():
+    from loadtests.report import overhead_rows
+
+    figures = {
+        "per_query_us": {"baseline": 400.0, "release": 430.0},
+        "overhead_us": 30.0, "overhead_spread_us": 8.0,
+        "cpu_overhead_us": 25.0, "cpu_overhead_spread_us": 40.0,
+        "engine_overhead_us": 254.0, "engine_overhead_spread_us": 100.0,
+        "engine_cpu_overhead_us": 20.0, "engine_cpu_overhead_spread_us": 5.0,
+        "overhead_with_ping_us": 150.0, "overhead_with_ping_spread_us": 10.0,
+        "pool_library_us": 294.0, "pool_library_spread_us": 100.0,
+        "pool_library_cpu_us": 10.0, "pool_library_cpu_spread_us": 2.0,
+    }  # fmt: skip
+    row = overhead_rows({"native": figures})[0]
+    assert row[3] == "+30.0 µs (IQR 8.0)"
+    assert row[4] == "noisy (IQR 40 µs)"  # the spread is larger than the figure
+    assert row[5].startswith("noisy") and row[8].startswith("noisy")  # the floor above the engine
+    assert row[6] == "+20.0 µs (IQR 5.0)" and row[9] == "+10.0 µs (IQR 2.0)"
 
 
 def test_bad_options_are_refused_with_the_choices():
@@ -228,7 +412,7 @@ def test_a_report_of_several_rounds_says_so_and_gives_each_rounds_ratio():
             }
         },
     }  # fmt: skip
-    text = report.markdown(results)
+    text = report.markdown(results) + report.config_text(results)
     assert "Each side ran 2 times" in text
     assert "Per round, release ÷ baseline: ×4.00, ×6.00." in text
     assert "Release serves 350.0 req/s" in text and "baseline 75.0 req/s: ×4.67." in text
