@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 
-from backends import health
+from backends import compat, health
 from backends.pool import PoolUsage, require_no_persistent_connections
 
 try:
@@ -47,8 +47,7 @@ class NativePoolMixin:
                 # Django builds the pool with a ping on every checkout when
                 # CONN_HEALTH_CHECKS is on; psycopg_pool only takes `check` in
                 # its constructor, so swap in the cheaper check.
-                if pool._check is ConnectionPool.check_connection:
-                    pool._check = ping_if_needed
+                compat.replace_pool_check(pool, ConnectionPool.check_connection, ping_if_needed)
                 self._open_pool = pool
         return pool
 
@@ -75,11 +74,18 @@ class NativePoolMixin:
         if self.connection.autocommit != autocommit:
             super()._set_autocommit(autocommit)
 
+    def driver_connection(self):
+        return self.connection
+
+    def discard_connection(self) -> None:
+        # psycopg_pool replaces a connection that comes back closed.
+        self.connection.close()
+
     def _close(self) -> None:
         connection = self.connection
         # The pool it came from, as Django's _close() finds it (the pool may
         # have been replaced since, on a settings change in tests).
-        pool = getattr(connection, "_pool", None)
+        pool = compat.pool_of(connection)
         if pool is None:  # not a pooled connection, or nothing to close
             return super()._close()
         health.mark_returned(connection)
@@ -90,7 +96,7 @@ class NativePoolMixin:
             self.connection = None
 
     def pool_usage(self) -> PoolUsage:
-        pool = self._connection_pools.get(self.alias)  # Django's, shared by every thread
+        pool = compat.native_pools().get(self.alias)  # Django's, shared by every thread
         if pool is None:  # not created yet, and asking must not create it
             return PoolUsage(size=0, max_size=0, idle=0)
         stats = pool.get_stats()
@@ -104,5 +110,5 @@ class NativePoolMixin:
     def close_pool(self) -> None:
         self.__dict__.pop("_open_pool", None)
         # Django's close_pool() also runs on every time-zone change in tests.
-        if self.alias in self._connection_pools:
+        if self.alias in compat.native_pools():
             super().close_pool()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import OperationalError
@@ -39,6 +40,38 @@ class PoolUsage:
     @property
     def checked_out(self) -> int:
         return self.size - self.idle
+
+
+class PoolMixin(Protocol):
+    """What a pool mixin (``NativePoolMixin``, ``QueuePoolMixin``) gives the layers above it.
+
+    It also overrides ``get_new_connection()`` (take a connection from the pool)
+    and ``_close()`` (give it back), which every Django backend has.
+    ``backends.checkout.check_engine_layers`` refuses an engine whose pool layer
+    lacks one of these.
+    """
+
+    pool_name: ClassVar[str]  # the `pool` label of the metrics
+    pool_timeout_error: ClassVar[type[Exception]]  # what the pool raises when none comes free
+
+    def checkout_params(self) -> dict:
+        """The argument for get_new_connection() on a checkout after a release (cheap: once per query)."""
+
+    def driver_connection(self):
+        """The psycopg connection of the connection checked out now."""
+
+    def discard_connection(self) -> None:
+        """Close the connection checked out now, so that the pool replaces it rather than reuse it."""
+
+    def pool_usage(self) -> PoolUsage:
+        """The pool of this alias now, without creating it."""
+
+    def close_pool(self) -> None:
+        """Close this alias's pool; connections still checked out are closed when given back."""
+
+
+# What check_engine_layers() looks for on a pool layer: the protocol's attributes and methods.
+POOL_MIXIN_MEMBERS = (*PoolMixin.__annotations__, *(n for n in vars(PoolMixin) if not n.startswith("_")))
 
 
 def require_no_persistent_connections(settings_dict: dict, alias: str) -> None:

@@ -6,13 +6,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from psycopg.pq import TransactionStatus
 
-from backends import health
+from backends import compat, health
 from backends.pool import PoolUsage, require_no_persistent_connections
 
 try:
     from dj_db_conn_pool.backends.postgresql.base import DatabaseWrapper as PooledDatabaseWrapper
     from dj_db_conn_pool.backends.postgresql.mixins import PGDatabaseWrapperMixin
-    from dj_db_conn_pool.core import pool_container
     from sqlalchemy.exc import TimeoutError as QueuePoolTimeout
 except ImportError as exc:
     raise ImproperlyConfigured(
@@ -73,7 +72,7 @@ class QueuePoolMixin:
         # django-db-connection-pool would take its process-wide lock only to
         # find the pool there, then do exactly this.
         connection = pool.connect()
-        connection.info = connection.dbapi_connection.info
+        compat.expose_driver_info(connection)
         self.configure_once(connection)
         return connection
 
@@ -88,7 +87,7 @@ class QueuePoolMixin:
         dbapi_connection = connection.dbapi_connection
         if getattr(dbapi_connection, _CONFIGURED, False):
             return
-        if self._configure_connection(connection) and not dbapi_connection.autocommit:
+        if compat.configure_connection(self, connection) and not dbapi_connection.autocommit:
             dbapi_connection.commit()
         setattr(dbapi_connection, _CONFIGURED, True)
 
@@ -106,6 +105,13 @@ class QueuePoolMixin:
         if self.connection.dbapi_connection.autocommit != autocommit:
             super()._set_autocommit(autocommit)
 
+    def driver_connection(self):
+        return self.connection.dbapi_connection
+
+    def discard_connection(self) -> None:
+        # QueuePool opens a new connection in place of an invalidated one.
+        self.connection.invalidate()
+
     def _close(self) -> None:
         connection = self.connection
         if connection is None:
@@ -121,13 +127,13 @@ class QueuePoolMixin:
     @property
     def queue_pool(self):
         """The SQLAlchemy pool of this alias, or None before the first connection."""
-        return dict.get(pool_container, self.alias)  # its own get() raises when missing
+        return compat.queue_pool(self.alias)
 
     def pool_usage(self) -> PoolUsage:
         pool = self.queue_pool
         # django-db-connection-pool honours upper-case keys only.
         options = {k.lower(): v for k, v in self.settings_dict.get("POOL_OPTIONS", {}).items() if k.isupper()}
-        defaults = pool_container.pool_default_params
+        defaults = compat.queue_pool_defaults()
         max_size = options.get("pool_size", defaults["pool_size"]) + options.get(
             "max_overflow", defaults["max_overflow"]
         )
@@ -141,11 +147,9 @@ class QueuePoolMixin:
 
     def close_pool(self) -> None:
         self.__dict__.pop("_checkout_params", None)
-        pool = self.queue_pool
+        pool = compat.drop_queue_pool(self.alias)
         if pool is not None:
             pool.dispose()
-            with pool_container.lock:
-                pool_container.pop(self.alias, None)
 
 
 __all__ = ["PooledDatabaseWrapper", "QueuePoolMixin"]

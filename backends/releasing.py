@@ -15,15 +15,9 @@ the results are read) and when autocommit comes back on (the end of the
 outermost ``atomic()`` block, after its ``on_commit`` hooks ran). The next query
 simply borrows a connection again.
 
-A release happens once per query, so it is kept short: it returns the
-connection (``_close()``, which every pooled backend turns into "give it back to
-the pool") and leaves the rest of the wrapper as it is. Borrowing again after a
-release then only takes a connection from the pool, instead of redoing all of
-``connect()``: outside a transaction, with autocommit on, the state that
-``connect()`` resets is already what it would reset it to.
-
-Nothing here knows which pool is underneath. The open-cursor count and the
-checkout clock come from ``backends.instrumentation``, which every engine shares.
+This module holds only that rule. How a checkout begins, counts its cursors,
+ends and is borrowed again is ``backends.checkout``'s, which every engine
+shares; nothing here knows which pool is underneath.
 """
 
 from __future__ import annotations
@@ -31,10 +25,9 @@ from __future__ import annotations
 import _thread
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db.backends.signals import connection_created
 from psycopg.pq import TransactionStatus
 
-from backends.instrumentation import Checkout
+from backends.checkout import Checkout, CheckoutMixin
 
 # What the server says of a connection inside a transaction. Outside atomic(),
 # with autocommit on, only SQL like a raw "BEGIN" gets it there; a broken
@@ -42,8 +35,8 @@ from backends.instrumentation import Checkout
 OPEN_TRANSACTION = frozenset({TransactionStatus.INTRANS, TransactionStatus.INERROR})
 
 
-class ConnectionReleaseMixin:
-    """Put in front of an instrumented, pooled PostgreSQL ``DatabaseWrapper``."""
+class ConnectionReleaseMixin(CheckoutMixin):
+    """A checkout that ends as soon as nothing can use the connection; in front of InstrumentedMixin."""
 
     release_engine = "release"
 
@@ -56,9 +49,6 @@ class ConnectionReleaseMixin:
                 "one back early. Remove AUTOCOMMIT (it defaults to True) and use transaction.atomic() "
                 "where you need a transaction, or use a baseline engine."
             )
-        # True from a release until the next checkout: the wrapper is exactly as
-        # connect() left it, less the connection.
-        self.released = False
 
     def cursor_closed(self, checkout: Checkout) -> None:
         super().cursor_closed(checkout)
@@ -93,45 +83,10 @@ class ConnectionReleaseMixin:
             and self.autocommit
             # Only the owning thread gives the connection back: a finalizer or a
             # garbage-collector run in another thread never does.
-            and self._thread_ident == _thread.get_ident()
+            and self.owner_thread == _thread.get_ident()
             # Django's flags miss a transaction begun with raw SQL, which the
             # pool would roll back. libpq knows; read it there rather than
             # through connection.info, which builds an enum on every read.
             and self.connection.pgconn.transaction_status not in OPEN_TRANSACTION
         ):
             self.release()
-
-    def release(self) -> None:
-        """Give the connection back to the pool: close() without what only matters mid-transaction."""
-        try:
-            self._close()
-        finally:
-            self.connection = None
-        self.released = True
-
-    def connect(self) -> None:
-        if self.released:
-            self.borrow_again()
-        else:
-            super().connect()
-
-    def borrow_again(self) -> None:
-        """connect() after a release: only take a connection from the pool.
-
-        Django's connect() also clears the transaction state, checks the
-        settings, switches autocommit on and checks the server version once; a
-        release leaves all of that as connect() set it.
-        """
-        self.released = False
-        self.errors_occurred = False
-        self.health_check_done = True  # the pool checks what it hands out
-        self.connection = self.get_new_connection(self.checkout_params())
-        try:
-            # Returned by a wrapper that had switched autocommit off (the pool
-            # rolls back, but leaves the mode): switch it back on.
-            self._set_autocommit(True)
-            connection_created.send(sender=self.__class__, connection=self)
-        finally:
-            # Even if a receiver raised: the connection is the caller's, and its
-            # cursors must count, or it would never go back before close().
-            self.begin_checkout()

@@ -15,9 +15,10 @@ can be compared side by side.
 
 from django.db.backends.postgresql import base
 
+from backends.checkout import CheckoutMixin
 from backends.instrumentation import InstrumentedMixin
 from backends.nativepool import NativePoolMixin
 
 
-class DatabaseWrapper(InstrumentedMixin, NativePoolMixin, base.DatabaseWrapper):
+class DatabaseWrapper(CheckoutMixin, InstrumentedMixin, NativePoolMixin, base.DatabaseWrapper):
     pass

@@ -9,9 +9,10 @@ DATABASES = {
 }
 """
 
+from backends.checkout import CheckoutMixin
 from backends.instrumentation import InstrumentedMixin
 from backends.queuepool import PooledDatabaseWrapper, QueuePoolMixin
 
 
-class DatabaseWrapper(InstrumentedMixin, QueuePoolMixin, PooledDatabaseWrapper):
+class DatabaseWrapper(CheckoutMixin, InstrumentedMixin, QueuePoolMixin, PooledDatabaseWrapper):
     pass

@@ -1,0 +1,280 @@
+"""The life of a checkout: from the pool handing a connection over to the wrapper giving it back.
+
+A checkout begins when ``connect()`` has a configured connection for the
+caller, counts the cursors opened on it, remembers why it must be kept (session
+state, ``hold_connection()``), and ends in ``_close()``, which resets what
+needs resetting and gives the connection back. Every engine runs this; the
+release engines add one rule on top (``backends.releasing``): end the checkout
+as soon as nothing can still use it.
+
+An engine is assembled in this order, each layer calling the next with super()::
+
+    ConnectionReleaseMixin   the release rule (backends.releasing); baseline engines
+      CheckoutMixin          use CheckoutMixin itself: this module
+    InstrumentedMixin        hold and wait times, watchers, PoolExhausted (backends.instrumentation)
+    NativePoolMixin / QueuePoolMixin   the pool (backends.nativepool, backends.queuepool)
+    Django's PostgreSQL DatabaseWrapper (or django-db-connection-pool's)
+
+A class that puts them in another order fails when it is defined.
+
+Release, once per query outside a transaction::
+
+    CountedCursorWrapper.close()
+      -> CheckoutMixin.cursor_closed()          one cursor fewer on this checkout
+      -> ConnectionReleaseMixin.release_if_idle()   the rule: no cursor, no transaction, not kept
+      -> CheckoutMixin.release()
+      -> CheckoutMixin._close()                 session reset, if session state was set
+      -> InstrumentedMixin._close()             hold time to the watchers
+      -> NativePoolMixin._close()  -> psycopg_pool ConnectionPool.putconn()
+         QueuePoolMixin._close()   -> QueuePool's proxy .close()
+
+Borrow again, the next query after a release::
+
+    BaseDatabaseWrapper._cursor()  (through CheckoutMixin._cursor)
+      -> ensure_connection() -> CheckoutMixin.connect()
+      -> CheckoutMixin.borrow_again()           the wrapper as connect() leaves it (backends.compat)
+      -> InstrumentedMixin.get_new_connection() wait time, PoolExhausted
+      -> NativePoolMixin.get_new_connection()  -> ConnectionPool.getconn()
+         QueuePoolMixin.get_new_connection()   -> QueuePool.connect()
+      -> connection_created, then begin_checkout()
+
+The first connection of a wrapper, and the first after ``close()``, goes
+through Django's whole ``connect()`` instead, with no checkout until it returns.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import traceback
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.postgresql.base import CursorDebugWrapper
+from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
+from django.db.backends.signals import connection_created
+from django.db.backends.utils import CursorWrapper
+
+from backends import compat, instrumentation
+from backends.instrumentation import InstrumentedMixin
+from backends.pool import POOL_MIXIN_MEMBERS
+
+logger = logging.getLogger("backends.leaks")
+
+
+class Checkout:
+    """One borrowing of a connection from the pool."""
+
+    __slots__ = ("open_cursors", "opened_at", "pinned", "holds", "needs_reset")
+
+    def __init__(self) -> None:
+        self.open_cursors = 0
+        # Where each open cursor was created; only filled in when the
+        # DB_LEAK_DIAGNOSTICS setting is on (a stack costs tens of microseconds).
+        self.opened_at: dict[int, str] = {}
+        # Why the connection stays with the wrapper until close() whatever the
+        # release rule says (session state set outside hold_connection()), or None.
+        self.pinned: str | None = None
+        # How many hold_connection() blocks are open on this checkout.
+        self.holds = 0
+        # Session-level SQL ran: reset the connection before the pool has it back.
+        self.needs_reset = False
+
+
+class CountedCursorMixin:
+    """A cursor that tells its checkout when it opens and closes."""
+
+    def __init__(self, cursor, db) -> None:
+        super().__init__(cursor, db)
+        # Cursors made while connect() is still configuring the connection
+        # belong to no checkout.
+        self.checkout = db.checkout
+        if self.checkout is not None:
+            self.checkout.open_cursors += 1
+            if db.trace_cursors:
+                self.checkout.opened_at[id(self)] = "".join(traceback.format_stack(limit=12)[:-2])
+
+    def close(self) -> None:
+        try:
+            self.cursor.close()
+        finally:
+            checkout, self.checkout = self.checkout, None
+            # A second close() counts once. A close from another thread (a
+            # finalizer) leaves the count alone: the connection then stays out
+            # until its owner closes it, which is safe.
+            if checkout is not None and self.db.owner_thread == _thread.get_ident():
+                checkout.open_cursors -= 1
+                checkout.opened_at.pop(id(self), None)
+                self.db.cursor_closed(checkout)
+
+    # No __del__ on purpose: the garbage collector may run in any thread, and
+    # must not act on a connection another thread owns.
+
+
+class CountedCursorWrapper(CountedCursorMixin, CursorWrapper):
+    pass
+
+
+class CountedCursorDebugWrapper(CountedCursorMixin, CursorDebugWrapper):
+    pass
+
+
+class CheckoutMixin:
+    """Begin, follow and end each checkout; put in front of InstrumentedMixin."""
+
+    release_engine = "baseline"  # ConnectionReleaseMixin says "release"
+    cursor_wrapper_class = CountedCursorWrapper
+    debug_cursor_wrapper_class = CountedCursorDebugWrapper
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        check_engine_layers(cls)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.checkout: Checkout | None = None
+        # True from a release until the next checkout: the wrapper is exactly as
+        # connect() left it, less the connection.
+        self.released = False
+        # Django's connections are per thread: the thread that builds a wrapper owns it.
+        self.owner_thread = _thread.get_ident()
+        self.trace_cursors = getattr(settings, "DB_LEAK_DIAGNOSTICS", False)
+
+    # Beginning ----------------------------------------------------------------------
+
+    def connect(self) -> None:
+        if self.released:
+            self.borrow_again()
+            return
+        # No checkout while connect() configures the connection: the cursors it
+        # opens, and the autocommit it switches on, are not the caller's.
+        self.checkout = None
+        try:
+            super().connect()
+        finally:
+            if self.connection is not None:
+                self.begin_checkout()
+
+    def borrow_again(self) -> None:
+        """connect() after a release: take a connection from the pool, leave the rest as it is.
+
+        The wrapper's state is reset as connect() resets it; the connection
+        parameters are not rebuilt (the pool has them) and
+        init_connection_state() does not run again: the server version is known,
+        and the pool hands out connections already configured (time zone, role).
+        """
+        self.released = False
+        self.checkout = None
+        compat.reset_state_as_connect_does(self)
+        self.connection = self.get_new_connection(self.checkout_params())
+        try:
+            # Returned by a wrapper that had switched autocommit off (the pool
+            # rolls back, but leaves the mode): switch it back on. The release
+            # engines refuse AUTOCOMMIT=False, so on is what connect() would set.
+            self._set_autocommit(True)
+            self.autocommit = True
+            connection_created.send(sender=self.__class__, connection=self)
+        finally:
+            # Even if a receiver raised: the connection is the caller's, and its
+            # cursors must count, or it would never go back before close().
+            self.begin_checkout()
+
+    def begin_checkout(self) -> None:
+        """The connection is configured and the caller's from now on."""
+        self.checkout = Checkout()
+
+    # Following --------------------------------------------------------------------
+
+    def make_cursor(self, cursor):
+        return self.cursor_wrapper_class(cursor, self)
+
+    def make_debug_cursor(self, cursor):
+        return self.debug_cursor_wrapper_class(cursor, self)
+
+    def cursor_closed(self, checkout: Checkout) -> None:
+        """A cursor of `checkout` closed; the release engines act on it."""
+
+    # Ending -----------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Give the connection back to the pool: close() without what only matters mid-transaction."""
+        try:
+            self._close()
+        finally:
+            self.connection = None
+        self.released = True
+
+    def close(self) -> None:
+        checkout = self.checkout
+        if (
+            checkout is not None
+            and self.connection is not None
+            and checkout.open_cursors
+            and not self.in_atomic_block
+        ):
+            self.report_leaked_cursors(checkout)
+        super().close()
+
+    def _close(self) -> None:
+        self.checkout = None  # cursors still open belong to a checkout that is over
+        super()._close()
+
+    def report_leaked_cursors(self, checkout: Checkout) -> None:
+        """The connection is being closed while cursors opened on it were never closed."""
+        instrumentation.leaked(self, checkout.open_cursors)
+        if not self.trace_cursors:
+            return
+        stacks = "\n".join(checkout.opened_at.values()) or "(stack not recorded)\n"
+        logger.warning(
+            "Database alias %r held its connection until it was closed because %d cursor(s) "
+            "opened on it were never closed. Close cursors (use `with connection.cursor()`) "
+            "so the connection can go back to the pool early. Opened at:\n%s",
+            self.alias,
+            checkout.open_cursors,
+            stacks,
+        )
+
+
+# The order of the layers ---------------------------------------------------------
+
+
+def check_engine_layers(cls: type) -> None:
+    """Raise ImproperlyConfigured unless `cls` stacks the layers in the order above.
+
+    Each layer calls the next with super() and relies on what it finds there:
+    the checkout relies on the instrumentation to time get_new_connection()
+    and _close(); the instrumentation reads ``pool_name`` and
+    ``pool_timeout_error`` from the pool mixin below it and must catch the
+    pool's timeout before Django sees it; the pool mixin overrides Django's
+    wrapper. Mixins that are not yet a whole engine are not checked.
+    """
+    if not issubclass(cls, PostgresWrapper):
+        return
+    mro = cls.__mro__
+    if InstrumentedMixin not in mro:
+        raise ImproperlyConfigured(
+            f"{cls.__qualname__} has no InstrumentedMixin: put backends.instrumentation.InstrumentedMixin "
+            "right after the checkout mixin (ConnectionReleaseMixin or CheckoutMixin)."
+        )
+    checkout_at, instrumented_at, django_at = (
+        mro.index(CheckoutMixin),
+        mro.index(InstrumentedMixin),
+        mro.index(PostgresWrapper),
+    )
+    pool_layer = next(
+        (klass for klass in mro[instrumented_at + 1 : django_at] if "pool_name" in vars(klass)), None
+    )
+    expected = "ConnectionReleaseMixin (or CheckoutMixin), InstrumentedMixin, a pool mixin, Django's wrapper"
+    if not checkout_at < instrumented_at < django_at or pool_layer is None:
+        raise ImproperlyConfigured(
+            f"{cls.__qualname__} stacks its layers as "
+            f"{[klass.__name__ for klass in mro[: django_at + 1]]}; they must come in this order: "
+            f"{expected}, e.g. class DatabaseWrapper(ConnectionReleaseMixin, InstrumentedMixin, "
+            "NativePoolMixin, base.DatabaseWrapper)."
+        )
+    missing = [name for name in POOL_MIXIN_MEMBERS if not hasattr(pool_layer, name)]
+    if missing:
+        raise ImproperlyConfigured(
+            f"{pool_layer.__qualname__}, the pool layer of {cls.__qualname__}, lacks {missing}: "
+            "a pool mixin provides everything the backends.pool.PoolMixin protocol lists."
+        )

@@ -1,0 +1,116 @@
+"""Every place the engines reach into Django, psycopg_pool, django-db-connection-pool or SQLAlchemy
+past their public API.
+
+The engines override the hooks Django documents for backend authors
+(``get_new_connection``, ``_close``, ``_cursor``, ``_set_autocommit``,
+``make_cursor``) like any backend does. Everything else they need from another
+library's insides is read or written here, and only here, so that a release of
+one of them that renames or drops something breaks one module, and
+``tests/test_compat.py`` says which line.
+
+Django (``django.db.backends.base.base`` and ``postgresql.base``):
+    ``DatabaseWrapper._connection_pools``   the per-alias psycopg pools, shared by all threads
+    ``DatabaseWrapper._configure_connection``  sets the time zone and role on a new connection
+    the attributes ``BaseDatabaseWrapper.connect()`` resets before connecting
+    (``errors_occurred``, ``health_check_done``, ``close_at``, ``run_on_commit``, ...)
+
+psycopg_pool:
+    ``connection._pool``   the pool a checked-out connection came from
+    ``ConnectionPool._check``   the check run on each getconn (a constructor argument only)
+
+django-db-connection-pool:
+    ``dj_db_conn_pool.core.pool_container`` and its ``lock``: the per-alias QueuePools
+    ``PGDatabaseWrapperMixin.SQLAlchemyDialect``: the dialect its QueuePools are given
+    ``connection.info = driver_connection.info``: how it lets Django read psycopg's info
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
+
+# Django ---------------------------------------------------------------------------
+
+
+def native_pools() -> dict:
+    """Django's psycopg pools by alias (a class attribute, so one dict for every wrapper and thread)."""
+    return PostgresWrapper._connection_pools
+
+
+def configure_connection(wrapper, connection) -> bool:
+    """Give a driver connection Django's time zone and role; True when that ran SQL to commit."""
+    return wrapper._configure_connection(connection)
+
+
+def reset_state_as_connect_does(wrapper) -> None:
+    """What ``BaseDatabaseWrapper.connect()`` does to the wrapper before it asks for a connection.
+
+    The release engines borrow again without the rest of ``connect()`` (the
+    connection parameters, ``init_connection_state()``); this keeps the wrapper
+    itself exactly as ``connect()`` would leave it. ``tests/test_compat.py``
+    compares the two, attribute by attribute.
+    """
+    wrapper.check_settings()
+    wrapper.in_atomic_block = False
+    wrapper.savepoint_ids = []
+    wrapper.atomic_blocks = []
+    wrapper.needs_rollback = False
+    settings_dict = wrapper.settings_dict
+    wrapper.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
+    max_age = settings_dict["CONN_MAX_AGE"]
+    wrapper.close_at = None if max_age is None else time.monotonic() + max_age
+    wrapper.closed_in_transaction = False
+    wrapper.errors_occurred = False
+    wrapper.health_check_done = True  # new connections are healthy; the pool checks what it hands out
+    # connect() sets this after connecting; nothing in between reads it.
+    wrapper.run_on_commit = []
+
+
+# psycopg_pool ---------------------------------------------------------------------
+
+
+def pool_of(connection):
+    """The psycopg pool a checked-out connection came from, or None for a connection of no pool."""
+    return getattr(connection, "_pool", None)
+
+
+def replace_pool_check(pool, current, replacement) -> None:
+    """Swap the check psycopg_pool runs on every getconn(), if it is `current`."""
+    if pool._check is current:
+        pool._check = replacement
+
+
+def pool_check(pool):
+    return pool._check
+
+
+# django-db-connection-pool ---------------------------------------------------------
+
+try:
+    from dj_db_conn_pool.backends.postgresql.mixins import PGDatabaseWrapperMixin
+    from dj_db_conn_pool.core import pool_container
+except ImportError:  # optional: only the dj_db_conn_pool engines need it
+    PGDatabaseWrapperMixin = pool_container = None
+
+
+def queue_pool(alias: str):
+    """The QueuePool django-db-connection-pool keeps for `alias`, or None before its first connection."""
+    # dict.get: the container's own get() raises when the pool is missing.
+    return dict.get(pool_container, alias)
+
+
+def drop_queue_pool(alias: str):
+    """Take `alias`'s QueuePool out of django-db-connection-pool's container; return it (or None)."""
+    with pool_container.lock:
+        return pool_container.pop(alias, None)
+
+
+def queue_pool_defaults() -> dict:
+    """The QueuePool arguments django-db-connection-pool uses where POOL_OPTIONS says nothing."""
+    return pool_container.pool_default_params
+
+
+def expose_driver_info(queue_pool_connection) -> None:
+    """Let Django read ``connection.info`` (psycopg's) through QueuePool's proxy, as the library does."""
+    queue_pool_connection.info = queue_pool_connection.dbapi_connection.info
