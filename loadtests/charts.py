@@ -78,27 +78,29 @@ def sweep(results: dict, out: Path) -> str:
         ax.set_visible(False)
     for ax, scenario in zip(axes.flat, scenarios, strict=False):
         needed = results.get("connections_needed", {}).get(scenario, {})
+        all_sizes = sorted({int(s) for by_size in results["sweep"][scenario].values() for s in by_size})
         for side, by_size in results["sweep"][scenario].items():
             sizes = sorted(int(s) for s in by_size)
             rps = [by_size[str(s)]["rps"] for s in sizes]
             ax.plot(sizes, rps, marker="o", color=COLOURS[side], label=TITLES[side])
-            if needed.get(side) is not None:
-                size = needed[side]
-                ax.plot([size], [by_size[str(size)]["rps"]], marker="o", markersize=13, fillstyle="none",
-                        color=COLOURS[side])  # fmt: skip
-                ax.annotate(f"{TITLES[side]}: {size}", (size, by_size[str(size)]["rps"]),
-                            textcoords="offset points", xytext=(6, -14 if side == "baseline" else 8),
-                            fontsize=8, color=COLOURS[side])  # fmt: skip
+            size = needed.get(side)
+            if size is not None:
+                point = (size, by_size[str(size)]["rps"])
+                ax.plot(*point, marker="o", markersize=13, fillstyle="none", color=COLOURS[side])
+                at_right = size == all_sizes[-1]
+                ax.annotate(f"{TITLES[side]} needs {size}", point, textcoords="offset points",
+                            xytext=(-10 if at_right else 10, -16 if side == "baseline" else 8),
+                            ha="right" if at_right else "left", fontsize=8, color=COLOURS[side])  # fmt: skip
         ceiling = (results["scenarios"].get(scenario) or {}).get("ceiling")
         if ceiling:
             ax.axhline(ceiling["rps"], color=COLOURS["ceiling"], linestyle="--", linewidth=1,
-                       label=f"ceiling (pool {ceiling.get('pool_size', '?')})")  # fmt: skip
+                       label=f"ceiling (stock, pool {ceiling.get('pool_size', '?')})")  # fmt: skip
         ax.set_xscale("log", base=2)
-        all_sizes = sorted({int(s) for by_size in results["sweep"][scenario].values() for s in by_size})
         ax.set_xticks(all_sizes, [str(s) for s in all_sizes])
-        ax.set_ylim(bottom=0)
-        ax.set_title(f"{scenario}: circled, the connections each needs")
-        ax.set_xlabel("pool size (connections per worker)")
+        ax.set_xlim(all_sizes[0] / 1.5, all_sizes[-1] * 1.5)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
+        ax.set_title(f"{scenario}: throughput against pool size")
+        ax.set_xlabel("pool size (connections per worker, log 2)")
         ax.set_ylabel("requests per second")
         ax.legend(fontsize=7, loc="lower right")
     return save(fig, out, "sweep.png")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -39,8 +40,9 @@ from loadtests.site import Site, SiteConfig, StartError, ensure_port_free
 
 # Seconds a side takes besides its load: gunicorn's start, the idle-server
 # timing, Locust's start and stop, the drain (measured on a 2-core VM).
-SIDE_OVERHEAD_SECONDS = 12
-OVERHEAD_SECONDS_PER_ROUND = 1.5  # the per-query benchmark, one pool
+SIDE_OVERHEAD_SECONDS = 7
+PREPARE_SECONDS = 20  # migrate, seed, collect static files
+OVERHEAD_SECONDS_PER_ROUND = 0.5  # the per-query benchmark, one pool
 NEEDED_SHARE = 0.95  # "connections needed": the smallest pool reaching this share of the best
 
 
@@ -123,8 +125,8 @@ def side_order(chosen: list, flip: bool) -> list:
 def estimate_seconds(args, runs: list[Run]) -> float:
     started = 0 if args.targets else SIDE_OVERHEAD_SECONDS
     seconds = len(runs) * (args.duration + started)
-    if args.overhead_rounds and (not args.targets or args.prepare_database):
-        seconds += args.overhead_rounds * OVERHEAD_SECONDS_PER_ROUND + 15
+    if not args.targets or args.prepare_database:
+        seconds += PREPARE_SECONDS + args.overhead_rounds * OVERHEAD_SECONDS_PER_ROUND
     return seconds
 
 
@@ -279,6 +281,7 @@ def target_notes(args) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, __doc__.split("\n")[0])
+    started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = target_notes(args)
     uses_database = not args.targets or args.prepare_database
@@ -342,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     report.write(results, args.out)
     print()
     print(report.summary_markdown(results))
-    say(f"details in {args.out}/report.md; open {args.out}/report.html for the charts")
+    minutes, seconds = divmod(round(time.monotonic() - started), 60)
+    say(
+        f"done in {minutes} min {seconds:02d} s; details in {args.out}/report.md, "
+        f"charts in {args.out}/report.html"
+    )
     return 0
 
 
