@@ -8,17 +8,22 @@ Run alone with `pytest -m faults`.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import psycopg
 import pytest
 from asgiref.sync import async_to_sync
 from django.db import connections
+from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
 from django.test import AsyncClient, Client
 
 from apps.unavailable import RETRY_AFTER_SECONDS
 from backends.errors import CONNECTION_LOST, POOL_EXHAUSTED
-from tests.conftest import POOL
+from tests.conftest import POOL, UnsafeTestDatabase, check_is_test_database
+from tests.servers import ROOT
 from tests.test_metrics import every_connection_taken
 from tests.test_shop_support import make_order, make_shop
 
@@ -211,3 +216,84 @@ def test_other_database_errors_stay_500(shop, caplog, settings):
     assert response.status_code == 500
     assert "Retry-After" not in response
     assert [r.name for r in caplog.records if r.levelno >= logging.ERROR] == ["django.request"]
+
+
+# Nothing lost: the suite touches test databases only ------------------------------------------------
+
+
+def own_connection(server, dbname: str = "postgres", user: str = "postgres") -> psycopg.Connection:
+    running = server.running_server()
+    return psycopg.connect(
+        host=str(running.socket_dir), port=running.port, user=user, dbname=dbname, autocommit=True
+    )
+
+
+@pytest.fixture
+def real_database(own_postgres):
+    """A database called "shop_real" with a table of data, on a server of our own; dropped afterwards."""
+    with own_connection(own_postgres) as conn:
+        conn.execute("DROP DATABASE IF EXISTS shop_real WITH (FORCE)")
+        conn.execute("DROP DATABASE IF EXISTS test_shop_real WITH (FORCE)")
+        conn.execute("CREATE DATABASE shop_real")
+    with own_connection(own_postgres, "shop_real") as conn:
+        conn.execute("CREATE TABLE precious (n int)")
+        conn.execute("INSERT INTO precious SELECT generate_series(1, 3)")
+    yield "shop_real"
+    with own_connection(own_postgres) as conn:
+        conn.execute("DROP DATABASE IF EXISTS shop_real WITH (FORCE)")
+        conn.execute("DROP DATABASE IF EXISTS test_shop_real WITH (FORCE)")
+
+
+def test_the_suite_refuses_a_server_whose_maintenance_database_it_cannot_reach(own_postgres, real_database):
+    """As behind PgBouncer listing only the site's database: Django fell back to it, flushes emptied it."""
+    with own_connection(own_postgres) as conn:
+        conn.execute("DROP ROLE IF EXISTS shop_owner")
+        conn.execute("CREATE ROLE shop_owner LOGIN CREATEDB")
+        conn.execute("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")
+    try:
+        url = own_postgres.running_server().url(real_database).replace("postgres@", "shop_owner@", 1)
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             "tests/test_shop_seed.py::test_seed_small_fills_every_table"],
+            cwd=ROOT, env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        with own_connection(own_postgres) as conn:
+            conn.execute("GRANT CONNECT ON DATABASE postgres TO PUBLIC")
+
+    output = run.stdout + run.stderr
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert "Cannot connect to the 'postgres' database" in output
+    assert "'shop_real', whose tables they empty" in output
+    with own_connection(own_postgres, real_database) as conn:
+        assert conn.execute("SELECT count(*) FROM precious").fetchone() == (3,)
+        migrated = conn.execute("SELECT to_regclass('django_migrations')").fetchone()
+        assert migrated == (None,), "nothing ran there"
+    with own_connection(own_postgres) as conn:
+        assert conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'test_%'").fetchall() == []
+
+
+def test_a_database_whose_name_does_not_start_with_test_is_refused(own_postgres, real_database):
+    running = own_postgres.running_server()
+    settings_dict = {
+        **connections["default"].settings_dict,
+        "ENGINE": "django.db.backends.postgresql",
+        "OPTIONS": {},
+        "HOST": str(running.socket_dir),
+        "PORT": running.port,
+        "USER": "postgres",
+        "PASSWORD": "",
+        "NAME": real_database,
+    }
+    wrapper = PostgresWrapper(settings_dict, alias="not_a_test_database")
+    try:
+        with pytest.raises(UnsafeTestDatabase, match="connected to the database 'shop_real', not to a test"):
+            check_is_test_database(wrapper)
+    finally:
+        wrapper.close()
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_every_alias_of_this_run_is_on_a_test_database():
+    for alias in connections:
+        assert check_is_test_database(connections[alias]).startswith("test_")
