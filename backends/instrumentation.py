@@ -5,7 +5,8 @@ it is given back (``DatabaseWrapper.close()``); its wait is the time spent
 inside the pool asking for it. psycopg_pool's own ``usage_ms`` stays at 0 under
 Django, which borrows with ``getconn()`` rather than ``pool.connection()``, so
 the engines keep their own clock. A pool that gives up waiting raises
-``PoolExhausted`` here, whichever pool it is.
+``PoolExhausted`` here, whichever pool it is, or ``DatabaseUnreachable`` when
+the server cannot be reached (``backends.reachability``).
 
 What a checkout is, its cursors and when it ends, is ``backends.checkout``'s.
 
@@ -19,7 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from time import perf_counter
 
-from backends.pool import PoolExhausted
+from backends import reachability
+from backends.errors import DATABASE_UNREACHABLE, transient_cause
+from backends.pool import DatabaseUnreachable, PoolExhausted
 
 
 class CheckoutWatcher:
@@ -44,6 +47,9 @@ class CheckoutWatcher:
 
     def pinned(self, connection, reason: str) -> None:
         """A release engine keeps this checkout until close() because of `reason` (session state)."""
+
+    def query_retried(self, connection) -> None:
+        """An ORM read failed with its connection and runs again on a fresh one (backends.compiler)."""
 
 
 # A tuple, replaced whole, so that a checkout in another thread never sees it change under it.
@@ -77,6 +83,11 @@ def pinned(connection, reason: str) -> None:
         watcher.pinned(connection, reason)
 
 
+def query_retried(connection) -> None:
+    for watcher in _watchers:
+        watcher.query_retried(connection)
+
+
 class InstrumentedMixin:
     """Time each checkout, and turn the pool's timeout into PoolExhausted.
 
@@ -96,10 +107,22 @@ class InstrumentedMixin:
             waited = perf_counter() - started
             for watcher in _watchers:
                 watcher.timed_out(self, waited)
+            # The pool also times out while it cannot open connections.
+            error = reachability.connect_error(self)
+            if error is not None:
+                raise DatabaseUnreachable(
+                    f"No connection from the {self.pool_name} pool of database {self.alias!r} after "
+                    f"{waited:.2f}s: the database cannot be reached ({error})."
+                ) from exc
             raise PoolExhausted(
                 f"No connection free in the {self.pool_name} pool of database {self.alias!r} "
                 f"after {waited:.2f}s: every connection is checked out."
             ) from exc
+        except self.Database.OperationalError as exc:
+            # A pool that connects in the caller's thread (QueuePool) lets this through.
+            if transient_cause(exc) != DATABASE_UNREACHABLE:
+                raise
+            raise DatabaseUnreachable(f"Could not connect to database {self.alias!r}: {exc}") from exc
         self.checked_out_at = now = perf_counter()
         self.checkout_wait = waited = now - started
         for watcher in _watchers:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from time import monotonic
+
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 
@@ -14,10 +16,21 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImproperlyConfigured("Error loading psycopg_pool. Did you install psycopg[pool]?") from exc
 
 
-def ping_if_needed(conn) -> None:
-    """psycopg_pool ``check`` callback: ping only when the connection may be dead."""
-    if health.needs_ping(conn):
+def alive(conn) -> bool:
+    """Whether a connection the pool handed out can be used: pinged only when it may be dead."""
+    if not health.needs_ping(conn):
+        return True
+    try:
         ConnectionPool.check_connection(conn)
+    except Exception:
+        return False
+    return True
+
+
+def discard(pool: ConnectionPool, conn) -> None:
+    """Give a dead connection back: the pool throws it away and opens another in the background."""
+    conn.close()
+    pool.putconn(conn)
 
 
 class NativePoolMixin:
@@ -45,20 +58,36 @@ class NativePoolMixin:
             pool = super().pool
             if pool is not None:
                 # Django builds the pool with a ping on every checkout when
-                # CONN_HEALTH_CHECKS is on; psycopg_pool only takes `check` in
-                # its constructor, so swap in the cheaper check.
-                compat.replace_pool_check(pool, ConnectionPool.check_connection, ping_if_needed)
+                # CONN_HEALTH_CHECKS is on. On a dead connection psycopg_pool
+                # would sleep a second (then two, four...) before taking the
+                # next one, with the caller waiting: the engine checks what the
+                # pool hands out itself (alive()), and takes the next at once.
+                compat.replace_pool_check(pool, ConnectionPool.check_connection, None)
                 self._open_pool = pool
         return pool
 
     def get_new_connection(self, conn_params):
         pool = self.pool
-        if pool is None or pool.closed or self.settings_dict["OPTIONS"].get("isolation_level") is not None:
+        if pool is None:
             return super().get_new_connection(conn_params)
-        # The pool is open and no isolation level is to be set on what it hands
-        # out: Django's version would only call pool.open(), which takes the
-        # pool's lock to find it open, before this same getconn().
-        return pool.getconn()
+        started = monotonic()
+        isolation_level = self.settings_dict["OPTIONS"].get("isolation_level")
+        if pool.closed or isolation_level is not None:
+            connection = super().get_new_connection(conn_params)
+        else:
+            # The pool is open and no isolation level is to be set on what it
+            # hands out: Django's version would only call pool.open(), which
+            # takes the pool's lock to find it open, before this same getconn().
+            connection = pool.getconn()
+        if not self.settings_dict["CONN_HEALTH_CHECKS"]:
+            return connection
+        while not alive(connection):
+            discard(pool, connection)
+            # PoolTimeout once the pool's timeout has passed since the first ask.
+            connection = pool.getconn(pool.timeout - (monotonic() - started))
+            if isolation_level is not None:
+                connection.isolation_level = self.isolation_level
+        return connection
 
     def checkout_params(self) -> dict:
         """Parameters for get_new_connection(): none once the pool exists, which makes every connection."""

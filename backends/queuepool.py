@@ -116,8 +116,16 @@ class QueuePoolMixin:
         connection = self.connection
         if connection is None:
             return
-        if connection.dbapi_connection is not None:  # None once invalidated
-            health.mark_returned(connection.dbapi_connection)
+        dbapi_connection = connection.dbapi_connection  # None once invalidated
+        if dbapi_connection is not None and dbapi_connection.closed:
+            # Broken under a query (a terminated backend, a restart): QueuePool
+            # would roll it back, fail, and log the traceback as an error.
+            # Throw it away; the next checkout connects anew.
+            with self.wrap_database_errors:
+                self.discard_connection()
+            return
+        if dbapi_connection is not None:
+            health.mark_returned(dbapi_connection)
         # What Django's _close() does with a connection it does not pool
         # itself, without first asking for its own (absent) pool; closing
         # QueuePool's proxy gives the connection back to QueuePool.

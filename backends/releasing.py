@@ -28,6 +28,7 @@ from django.core.exceptions import ImproperlyConfigured
 from psycopg.pq import TransactionStatus
 
 from backends.checkout import Checkout, CheckoutMixin
+from backends.operations import RetryReadsOperations
 
 # What the server says of a connection inside a transaction. Outside atomic(),
 # with autocommit on, only SQL like a raw "BEGIN" gets it there; a broken
@@ -39,6 +40,8 @@ class ConnectionReleaseMixin(CheckoutMixin):
     """A checkout that ends as soon as nothing can use the connection; in front of InstrumentedMixin."""
 
     release_engine = "release"
+    # ORM reads that fail with their connection run again on a fresh one (backends.compiler).
+    ops_class = RetryReadsOperations
 
     def __init__(self, settings_dict, *args, **kwargs) -> None:
         super().__init__(settings_dict, *args, **kwargs)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 import pytest
 from django.contrib.auth.models import Group
 from django.db import DatabaseError, OperationalError, connections, transaction
+from django.db.models import QuerySet
+from django.db.utils import load_backend
+from prometheus_client import REGISTRY
 
 from backends.errors import (
     CONNECTION_LOST,
@@ -17,7 +21,8 @@ from backends.errors import (
     transient_cause,
 )
 from backends.pool import DatabaseUnreachable, PoolExhausted
-from tests.conftest import Worker, backend_pid
+from project.database import engine_for, with_pool
+from tests.conftest import POOL, Worker, backend_pid, usage
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -80,6 +85,32 @@ def test_a_pool_whose_connections_are_all_out_reads_as_exhausted(database):
     assert not is_connection_error(failure.value)
 
 
+@pytest.fixture
+def unreachable(tmp_path):
+    """A release engine whose server does not answer: its socket folder is empty."""
+    base = connections["default"].settings_dict
+    settings_dict = with_pool(
+        {**base, "ENGINE": engine_for("cursor", POOL), "HOST": str(tmp_path), "PORT": "5432"},
+        POOL,
+        min_size=0,
+        max_size=2,
+        timeout=0.5,
+    )
+    # Not in settings.DATABASES, which the test database machinery walks.
+    wrapper = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, "nowhere")
+    yield wrapper
+    wrapper.close()
+    wrapper.close_pool()
+
+
+def test_a_pool_that_cannot_reach_its_server_says_so(unreachable):
+    with pytest.raises(DatabaseUnreachable) as failure:
+        unreachable.cursor()
+
+    assert transient_cause(failure.value) == DATABASE_UNREACHABLE
+    assert "every connection is checked out" not in str(failure.value)
+
+
 def test_the_engines_errors_name_their_cause():
     assert transient_cause(PoolExhausted("every connection is checked out")) == POOL_EXHAUSTED
     assert transient_cause(DatabaseUnreachable("connection refused")) == DATABASE_UNREACHABLE
@@ -117,3 +148,215 @@ def test_errors_that_leave_the_connection_healthy_have_no_transient_cause(databa
     assert transient_cause(failure.value) is None
     assert not is_connection_error(failure.value)
     assert transient_cause(ValueError("not a database error")) is None
+
+
+# ORM reads retried on a fresh connection --------------------------------------------
+
+# How long the query under test sleeps on the server: long enough for another
+# connection to find it running and terminate it.
+NAP_SECONDS = 0.4
+
+
+def sleepy_groups(alias: str) -> QuerySet:
+    """An ORM read that naps on the server first, and says which backend answered it."""
+    return Group.objects.using(alias).extra(
+        select={"backend": "pg_backend_pid()"},
+        where=["pg_sleep(%s) IS NOT NULL"],
+        params=[NAP_SECONDS],
+    )
+
+
+class Killer(Worker):
+    """Terminates the next `times` sessions of the test database seen sleeping in a query."""
+
+    def __init__(self, times: int = 1) -> None:
+        super().__init__(self.kill, name="killer")
+        self.times = times
+        self.killed: list[int] = []
+
+    def kill(self) -> list[int]:
+        deadline = time.monotonic() + 10
+        with connections["default"].cursor() as cursor:
+            while len(self.killed) < self.times and time.monotonic() < deadline:
+                cursor.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state = 'active' AND query LIKE %s AND pid <> pg_backend_pid() "
+                    "AND NOT pid = ANY(%s)",
+                    ["%pg_sleep(%", self.killed],
+                )
+                row = cursor.fetchone()
+                if row is None:
+                    time.sleep(0.01)
+                    continue
+                cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [row[0]])
+                self.killed.append(row[0])
+        return self.killed
+
+
+def retries(alias: str) -> float:
+    wrapper = connections[alias]
+    labels = {"alias": alias, "engine": wrapper.release_engine, "pool": wrapper.pool_name}
+    return REGISTRY.get_sample_value("db_query_retries_total", labels) or 0.0
+
+
+@pytest.fixture
+def killer():
+    started: list[Killer] = []
+
+    def start(times: int = 1) -> Killer:
+        started.append(Killer(times))
+        started[-1].start()
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.finish()
+        assert each.error is None
+
+
+@pytest.fixture
+def release_alias(database):
+    """The release engine of this run's pool, with room for a second connection."""
+    alias = database(release="cursor", max_size=2)
+    Group.objects.using(alias).create(name="survivor")
+    return alias
+
+
+def test_an_orm_read_whose_connection_is_killed_runs_again_on_a_fresh_one(release_alias, killer):
+    before = retries(release_alias)
+    kill = killer()
+
+    rows = list(sleepy_groups(release_alias).values_list("name", "backend"))
+
+    kill.finish()
+    assert [name for name, _ in rows] == ["survivor"]
+    assert rows[0][1] not in kill.killed, "the retry ran on the connection that was killed"
+    assert retries(release_alias) == before + 1
+    assert connections[release_alias].connection is None  # and it went back to the pool
+
+
+def test_single_row_and_aggregate_reads_run_again_too(release_alias, killer):
+    before = retries(release_alias)
+
+    killer()
+    assert sleepy_groups(release_alias).get().name == "survivor"
+    killer()
+    assert sleepy_groups(release_alias).count() == 1
+    killer()
+    assert sleepy_groups(release_alias).exists()
+
+    assert retries(release_alias) == before + 3
+
+
+def test_a_read_runs_again_only_once(release_alias, killer):
+    before = retries(release_alias)
+    killer(times=2)
+
+    with pytest.raises(OperationalError) as failure:
+        list(sleepy_groups(release_alias))
+
+    assert transient_cause(failure.value) == CONNECTION_LOST
+    assert retries(release_alias) == before + 1
+
+
+def test_raw_sql_is_not_run_again(release_alias, killer):
+    before = retries(release_alias)
+    killer()
+
+    with pytest.raises(OperationalError), connections[release_alias].cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s)", [NAP_SECONDS])
+
+    assert retries(release_alias) == before
+    # The next query gets a working connection all the same.
+    assert Group.objects.using(release_alias).count() == 1
+
+
+def test_a_read_inside_atomic_is_not_run_again(release_alias, killer):
+    before = retries(release_alias)
+    killer()
+
+    with pytest.raises(OperationalError), transaction.atomic(using=release_alias):
+        list(sleepy_groups(release_alias))
+
+    assert retries(release_alias) == before
+    assert Group.objects.using(release_alias).count() == 1
+
+
+def test_a_read_whose_rows_were_being_handed_out_is_not_run_again(release_alias):
+    # .iterator() fetches its rows after the query started handing them out:
+    # the caller may have acted on some of them already.
+    Group.objects.using(release_alias).bulk_create(Group(name=f"g{n}") for n in range(3))
+    before = retries(release_alias)
+    rows = sleepy_groups(release_alias).order_by("name").iterator(chunk_size=1)
+    first = next(rows)
+    assert first.name == "g0"
+    terminate(first.backend)
+
+    with pytest.raises(OperationalError):
+        list(rows)
+
+    assert retries(release_alias) == before
+
+
+def test_a_read_while_another_cursor_is_open_is_not_run_again(release_alias, killer):
+    # The connection is not the read's alone, so it is not given back on the
+    # error, and a retry would run on the dead connection again.
+    before = retries(release_alias)
+    other = connections[release_alias].cursor()
+    try:
+        killer()
+        with pytest.raises(OperationalError):
+            list(sleepy_groups(release_alias))
+    finally:
+        other.close()
+
+    assert retries(release_alias) == before
+
+
+def test_the_baseline_does_not_run_reads_again(database, killer):
+    alias = database(release="request", max_size=2)
+    Group.objects.using(alias).create(name="survivor")
+    killer()
+
+    with pytest.raises(OperationalError):
+        list(sleepy_groups(alias))
+
+    assert retries(alias) == 0
+
+
+# Dead connections in the pool ---------------------------------------------------------
+
+
+def fill_pool(alias: str, size: int) -> list[int]:
+    """Have `size` connections idle in the pool; the server process id of each."""
+    ready, done = threading.Barrier(size + 1), threading.Event()
+
+    def hold_one() -> int:
+        with transaction.atomic(using=alias):
+            pid = backend_pid(alias)
+            ready.wait(10)
+            done.wait(10)
+        return pid
+
+    workers = [Worker(hold_one, name=f"holder-{n}") for n in range(size)]
+    for worker in workers:
+        worker.start()
+    ready.wait(10)
+    done.set()
+    pids = [worker.finish() for worker in workers]
+    assert usage(alias).idle == size
+    return pids
+
+
+def test_dead_idle_connections_are_passed_over_without_waiting(database):
+    # psycopg_pool, left to check what it hands out, sleeps a second after the
+    # first dead connection: more than this pool's whole timeout.
+    alias = database(max_size=3, timeout=0.8)
+    dead = fill_pool(alias, 3)
+    for pid in dead:
+        terminate(pid)
+    before = retries(alias)
+
+    assert Group.objects.using(alias).count() == 0  # no PoolExhausted
+    assert backend_pid(alias) not in dead
+    assert retries(alias) == before  # caught at checkout, before any query ran on them

@@ -61,6 +61,11 @@ requests_ended_holding = Counter(
     "because a cursor opened on it was never closed.",
     LABELS,
 )
+query_retries = Counter(
+    "db_query_retries",
+    "ORM reads retried once on a fresh connection after a connection-level error.",
+    LABELS,
+)
 http_requests = Counter(
     "http_requests",
     "HTTP requests answered, by status class (2xx, 4xx, 5xx...), counted when the response leaves.",

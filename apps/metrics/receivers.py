@@ -32,6 +32,7 @@ class Series:
         self.request_hold = prometheus.request_hold.labels(*labels)
         self.request_checkouts = prometheus.request_checkouts.labels(*labels)
         self.requests_ended_holding = prometheus.requests_ended_holding.labels(*labels)
+        self.query_retries = prometheus.query_retries.labels(*labels)
         self.pool_idle = prometheus.pool_connections.labels(*labels, "idle")
         self.pool_in_use = prometheus.pool_connections.labels(*labels, "in_use")
         self.pool_max = prometheus.pool_max_connections.labels(*labels)
@@ -91,6 +92,12 @@ class MetricsWatcher(instrumentation.CheckoutWatcher):
         usage = current.get()
         if labels is not None and usage is not None:
             usage.alias(labels).ended_holding = True
+
+    def query_retried(self, connection) -> None:
+        # The failed connection is back in the pool by now: the lock holds nothing up.
+        labels = labels_of(connection)
+        if labels is not None:
+            series(labels).query_retries.inc()
 
 
 watcher = MetricsWatcher()
