@@ -25,8 +25,16 @@ def engine_for(release: str, pool: str) -> str:
     return engine if pool == "native" else f"{engine}.dj_db_conn_pool"
 
 
-def pool_settings(pool: str, *, min_size: int, max_size: int, timeout: float) -> dict:
-    """The part of a DATABASES entry that sizes the pool, for either pool."""
+def pool_settings(
+    pool: str, *, min_size: int, max_size: int, timeout: float, reconnect_timeout: float | None = None
+) -> dict:
+    """The part of a DATABASES entry that sizes the pool, for either pool.
+
+    `reconnect_timeout` (DB_POOL_RECONNECT_TIMEOUT) is how long psycopg_pool keeps
+    replacing a lost connection in the background; None leaves the engine's default
+    (backends.nativepool.RECONNECT_TIMEOUT_SECONDS). QueuePool connects in the
+    request that asks, so it has nothing to set.
+    """
     if min_size < 0 or max_size < 1 or min_size > max_size:
         raise ImproperlyConfigured(
             f"Pool sizes min={min_size}, max={max_size} are not valid: "
@@ -34,11 +42,15 @@ def pool_settings(pool: str, *, min_size: int, max_size: int, timeout: float) ->
         )
     if timeout <= 0:
         raise ImproperlyConfigured(f"DB_POOL_TIMEOUT={timeout} must be a positive number of seconds.")
+    if reconnect_timeout is not None and reconnect_timeout <= 0:
+        raise ImproperlyConfigured(
+            f"DB_POOL_RECONNECT_TIMEOUT={reconnect_timeout} must be a positive number of seconds."
+        )
     if pool == "native":
-        return {
-            "CONN_HEALTH_CHECKS": True,
-            "pool": {"min_size": min_size, "max_size": max_size, "timeout": timeout},
-        }
+        sizes = {"min_size": min_size, "max_size": max_size, "timeout": timeout}
+        if reconnect_timeout is not None:
+            sizes["reconnect_timeout"] = reconnect_timeout
+        return {"CONN_HEALTH_CHECKS": True, "pool": sizes}
     # QueuePool opens connections on demand, so there is no minimum size.
     return {
         "POOL_OPTIONS": {
@@ -52,10 +64,18 @@ def pool_settings(pool: str, *, min_size: int, max_size: int, timeout: float) ->
 
 
 def database_settings(
-    url: str, *, release: str, pool: str, min_size: int, max_size: int, timeout: float
+    url: str,
+    *,
+    release: str,
+    pool: str,
+    min_size: int,
+    max_size: int,
+    timeout: float,
+    reconnect_timeout: float | None = None,
 ) -> dict:
     config = dj_database_url.parse(url, engine=engine_for(release, pool), conn_max_age=0)
-    return with_pool(config, pool, min_size=min_size, max_size=max_size, timeout=timeout)
+    sizes = {"min_size": min_size, "max_size": max_size, "timeout": timeout}
+    return with_pool(config, pool, **sizes, reconnect_timeout=reconnect_timeout)
 
 
 def with_pool(config: dict, pool: str, **sizes) -> dict:

@@ -8,6 +8,7 @@ import time
 import psycopg
 import pytest
 from django.contrib.auth.models import Group
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, OperationalError, connections, transaction
 from django.db.models import QuerySet
 from django.db.utils import load_backend
@@ -20,8 +21,9 @@ from backends.errors import (
     is_connection_error,
     transient_cause,
 )
+from backends.nativepool import RECONNECT_TIMEOUT_SECONDS
 from backends.pool import DatabaseUnreachable, PoolExhausted
-from project.database import engine_for, with_pool
+from project.database import engine_for, pool_settings, with_pool
 from tests.conftest import POOL, Worker, backend_pid, usage
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -360,3 +362,68 @@ def test_dead_idle_connections_are_passed_over_without_waiting(database):
     assert Group.objects.using(alias).count() == 0  # no PoolExhausted
     assert backend_pid(alias) not in dead
     assert retries(alias) == before  # caught at checkout, before any query ran on them
+
+
+# Reconnecting after an outage ---------------------------------------------------------
+
+
+def test_the_native_pool_gives_up_reconnecting_in_the_background_after_a_second(database):
+    if POOL != "native":
+        pytest.skip("psycopg_pool's setting: QueuePool connects in the request that asks")
+    alias = database()
+    Group.objects.using(alias).count()
+
+    assert connections[alias].pool.reconnect_timeout == RECONNECT_TIMEOUT_SECONDS
+
+
+def test_the_reconnect_timeout_comes_from_the_environment_when_set():
+    sizes = {"min_size": 1, "max_size": 4, "timeout": 5.0}
+    assert "reconnect_timeout" not in pool_settings("native", **sizes)["pool"]  # the engine's default
+    assert pool_settings("native", **sizes, reconnect_timeout=3.0)["pool"]["reconnect_timeout"] == 3.0
+    with pytest.raises(ImproperlyConfigured, match="DB_POOL_RECONNECT_TIMEOUT"):
+        pool_settings("native", **sizes, reconnect_timeout=0)
+
+
+@pytest.fixture
+def own_engine(own_postgres):
+    """The release engine of this run's pool on a server of the test's own, which it may stop."""
+    server = own_postgres.ensure_running()
+    base = connections["default"].settings_dict
+    settings_dict = with_pool(
+        {
+            **base,
+            "ENGINE": engine_for("cursor", POOL),
+            "NAME": "postgres",
+            "HOST": str(server.socket_dir),
+            "PORT": str(server.port),
+        },
+        POOL,
+        min_size=2,
+        max_size=2,
+        timeout=1.5,
+    )
+    wrapper = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, "own")
+    yield wrapper
+    wrapper.close()
+    wrapper.close_pool()
+    own_postgres.ensure_running()
+
+
+def one(wrapper) -> int:
+    with wrapper.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        return cursor.fetchone()[0]
+
+
+def test_the_first_query_after_an_outage_is_served(own_engine, own_postgres):
+    assert one(own_engine) == 1
+    own_postgres.stop()
+    with pytest.raises(OperationalError) as failure:
+        one(own_engine)
+    assert transient_cause(failure.value) in (DATABASE_UNREACHABLE, CONNECTION_LOST)
+    # Long enough for psycopg_pool's own backoff (1, 2, 4 s) to put its next
+    # attempt past the pool's timeout from the moment the server is back.
+    time.sleep(3)
+    own_postgres.ensure_running()
+
+    assert one(own_engine) == 1
