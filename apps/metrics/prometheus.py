@@ -1,4 +1,4 @@
-"""The Prometheus series (names from DESIGN.md), correct with several gunicorn workers.
+"""The Prometheus series (README, "What is measured"), correct with several gunicorn workers.
 
 With PROMETHEUS_MULTIPROC_DIR set (project/gunicorn.conf.py sets it), each
 worker writes its values to files there and /metrics adds them up; gauges use
