@@ -17,6 +17,8 @@ Django (``django.db.backends.base.base`` and ``postgresql.base``):
 psycopg_pool:
     ``connection._pool``   the pool a checked-out connection came from
     ``ConnectionPool._check``   the check run on each getconn (a constructor argument only)
+    ``AttemptWithBackoff.INITIAL_DELAY``, ``DELAY_BACKOFF``   the wait between reconnection
+    attempts (class attributes: the same for every pool in the process)
 
 django-db-connection-pool:
     ``dj_db_conn_pool.core.pool_container`` and its ``lock``: the per-alias QueuePools
@@ -83,6 +85,26 @@ def replace_pool_check(pool, current, replacement) -> None:
 
 def pool_check(pool):
     return pool._check
+
+
+def reconnect_every(seconds: float) -> None:
+    """Have psycopg_pool wait `seconds` (give or take a tenth) between attempts to reconnect, however many.
+
+    Its own backoff doubles the wait after each failed attempt (1, 2, 4, 8,
+    16 s...), so a pool can come back many seconds after the server did.
+    Process-wide: psycopg_pool keeps the backoff on the class, not on a pool.
+    """
+    from psycopg_pool.base import AttemptWithBackoff
+
+    AttemptWithBackoff.INITIAL_DELAY = seconds
+    AttemptWithBackoff.DELAY_BACKOFF = 1.0
+
+
+def reconnect_delays() -> tuple[float, float]:
+    """psycopg_pool's first wait between reconnection attempts, and the factor for each next one."""
+    from psycopg_pool.base import AttemptWithBackoff
+
+    return AttemptWithBackoff.INITIAL_DELAY, AttemptWithBackoff.DELAY_BACKOFF
 
 
 # django-db-connection-pool ---------------------------------------------------------

@@ -33,13 +33,16 @@ def discard(pool: ConnectionPool, conn) -> None:
     pool.putconn(conn)
 
 
-# psycopg_pool's reconnect_timeout, unless OPTIONS["pool"] gives one. Its own
-# default keeps replacing a lost connection in the background for five
-# minutes, waiting 1, 2, 4, 8, 16... seconds between attempts, with requests
-# queued behind them: after a 15-second outage it served again 10 seconds after
-# the server was back. Given up after a second, the slot goes back to the pool,
-# and the next request that waits has psycopg_pool connect at once.
-RECONNECT_TIMEOUT_SECONDS = 1.0
+# How psycopg_pool replaces a lost connection: in the background, one attempt
+# after another, while requests wait in its queue. Its own backoff doubles the
+# wait after each failure (1, 2, 4, 8, 16 s...): after a 15-second outage the
+# pool served again 10 seconds after the server was back. Every half second
+# instead, however long the outage (each failed attempt to a server that is
+# down costs a refused connection), and for as long as RECONNECT_TIMEOUT_SECONDS
+# (psycopg_pool's reconnect_timeout, unless OPTIONS["pool"] gives one) before
+# it gives the slot up.
+RECONNECT_EVERY_SECONDS = 0.5
+RECONNECT_TIMEOUT_SECONDS = 3600.0
 
 
 class NativePoolMixin:
@@ -75,6 +78,7 @@ class NativePoolMixin:
                 # next one, with the caller waiting: the engine checks what the
                 # pool hands out itself (alive()), and takes the next at once.
                 compat.replace_pool_check(pool, ConnectionPool.check_connection, None)
+                compat.reconnect_every(RECONNECT_EVERY_SECONDS)
                 self._open_pool = pool
         return pool
 

@@ -13,7 +13,9 @@ from django.db import DatabaseError, OperationalError, connections, transaction
 from django.db.models import QuerySet
 from django.db.utils import load_backend
 from prometheus_client import REGISTRY
+from psycopg_pool.base import AttemptWithBackoff
 
+from backends import compat
 from backends.errors import (
     CONNECTION_LOST,
     DATABASE_UNREACHABLE,
@@ -21,7 +23,7 @@ from backends.errors import (
     is_connection_error,
     transient_cause,
 )
-from backends.nativepool import RECONNECT_TIMEOUT_SECONDS
+from backends.nativepool import RECONNECT_EVERY_SECONDS, RECONNECT_TIMEOUT_SECONDS
 from backends.pool import DatabaseUnreachable, PoolExhausted
 from project.database import engine_for, pool_settings, with_pool
 from tests.conftest import POOL, Worker, backend_pid, usage
@@ -367,13 +369,21 @@ def test_dead_idle_connections_are_passed_over_without_waiting(database):
 # Reconnecting after an outage ---------------------------------------------------------
 
 
-def test_the_native_pool_gives_up_reconnecting_in_the_background_after_a_second(database):
+def test_the_native_pool_reconnects_every_half_second_however_long_the_outage(database):
     if POOL != "native":
-        pytest.skip("psycopg_pool's setting: QueuePool connects in the request that asks")
+        pytest.skip("psycopg_pool's settings: QueuePool connects in the request that asks")
     alias = database()
     Group.objects.using(alias).count()
 
     assert connections[alias].pool.reconnect_timeout == RECONNECT_TIMEOUT_SECONDS
+    assert compat.reconnect_delays() == (RECONNECT_EVERY_SECONDS, 1.0)
+    # psycopg_pool still reads them: each wait is the same, not twice the last.
+    attempt = AttemptWithBackoff(timeout=60)
+    waits = []
+    for _ in range(4):
+        attempt.update_delay(time.monotonic())
+        waits.append(attempt.delay)
+    assert all(0.8 * RECONNECT_EVERY_SECONDS <= wait <= 1.2 * RECONNECT_EVERY_SECONDS for wait in waits)
 
 
 def test_the_reconnect_timeout_comes_from_the_environment_when_set():
