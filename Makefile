@@ -7,7 +7,7 @@ DJANGO ?=
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo overhead run test test-native test-dj-db-conn-pool lint db-start db-stop db-status db-reset clean
+.PHONY: install demo overhead run test test-native test-dj-db-conn-pool django-suite lint db-start db-stop db-status db-reset clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) with $(PYTHON) and installing the project"
@@ -56,6 +56,11 @@ test-native: install
 test-dj-db-conn-pool: install
 	@echo "==> tests with DB_POOL=dj_db_conn_pool"
 	DB_POOL=dj_db_conn_pool $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Django's own test suite (chosen apps) against both release engines; known differences are
+## listed in devtools/djangosuite/expected.py. DJANGO_SUITE_ARGS: e.g. "backends -v 2".
+django-suite: install
+	@$(BIN)/python -m devtools.djangosuite $(DJANGO_SUITE_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

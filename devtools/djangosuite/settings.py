@@ -3,13 +3,15 @@
 `python -m devtools.djangosuite` sets the environment and runs runtests.py with these settings:
 DJANGO_SUITE_ENGINE is the ENGINE under test, DATABASE_URL the server (both required here, so
 importing this module starts nothing). "default" and "other" are two test databases on that
-server, each with a pool of its own. The rest follows Django's own tests/test_sqlite.py.
+server, each with a pool of its own. The rest is the settings Django's own suite runs with
+(tests/test_sqlite.py of the same release).
 """
 
 import os
 from pathlib import Path
 
 import dj_database_url
+from test_sqlite import *  # noqa: F403  (Django's tests/, first on sys.path under runtests.py)
 
 from project.database import with_pool
 
@@ -45,11 +47,6 @@ def _database(alias: str) -> dict:
 
 
 DATABASES = {"default": _database("default"), "other": _database("other")}
-
-SECRET_KEY = "django_tests_secret_key"
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
-USE_TZ = False
 
 # Marks the tests listed in expected.py as expected to fail, and fails the run on any other.
 TEST_RUNNER = "devtools.djangosuite.runner.SuiteRunner"
