@@ -7,7 +7,7 @@ DJANGO ?=
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo overhead run test test-native test-dj-db-conn-pool django-suite lint db-start db-stop db-status db-reset clean
+.PHONY: install demo overhead run run-ab test test-native test-dj-db-conn-pool django-suite lint db-start db-stop db-status db-reset clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) with $(PYTHON) and installing the project"
@@ -44,6 +44,10 @@ instructions: install
 ## Serve the sample site under gunicorn on the embedded PostgreSQL (or DATABASE_URL).
 run: install
 	@$(BIN)/python -m devtools.serve
+
+## The shop twice: release on :8000, stock Django on :8001, each /pool/ showing both.
+run-ab: install
+	@$(BIN)/python -m devtools.serve_ab
 
 ## The test suite, once per pool.
 test: test-native test-dj-db-conn-pool

@@ -10,4 +10,10 @@ if [ -z "${DJANGO_SECRET_KEY}" ]; then
     export DJANGO_SECRET_KEY
 fi
 
+# Where every process of the container writes its Prometheus metrics (gunicorn's workers,
+# and migrate or seed, whose queries are measured too): it must exist before the first one.
+if [ -n "${PROMETHEUS_MULTIPROC_DIR}" ]; then
+    mkdir -p "${PROMETHEUS_MULTIPROC_DIR}"
+fi
+
 exec "$@"

@@ -127,6 +127,16 @@ DB_LEAK_DIAGNOSTICS = env.boolean("DB_LEAK_DIAGNOSTICS", default=False)
 # fails here, at start: nothing would look it up when a request comes.
 METRICS_ALLOWED_IPS = env.networks("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 
+# /pool/ shows this site's pool beside the one whose /metrics is at this address (the other
+# side of an A/B: `make run-ab` and docker-compose.yml set it); that site's METRICS_ALLOWED_IPS
+# must let this one in. Empty: this site alone.
+DASHBOARD_PEER_URL = env.string("DASHBOARD_PEER_URL").rstrip("/")
+if DASHBOARD_PEER_URL and not DASHBOARD_PEER_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(
+        f"DASHBOARD_PEER_URL={DASHBOARD_PEER_URL!r} is not an http(s) address: give the other "
+        "site's, such as http://127.0.0.1:8001, or leave it empty."
+    )
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"

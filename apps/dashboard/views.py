@@ -1,4 +1,4 @@
-"""/pool/: what the pool is doing now, for the running engine."""
+"""/pool/: what this site's pool is doing, beside another site's (DASHBOARD_PEER_URL), live."""
 
 from __future__ import annotations
 
@@ -6,40 +6,120 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from apps.dashboard import charts, snapshot
+from apps.dashboard import charts, history
+from apps.dashboard.snapshot import Snapshot
 from apps.metrics.access import internal_only
 
 REFRESH_SECONDS = 2
+WINDOW_SECONDS = 30  # the "recent" column: what happened in the last half minute
+TREND_SECONDS = 120
+
+HISTOGRAMS = [
+    # (attribute, title, help, format of a value, format of an axis label)
+    ("hold", "Hold time per checkout", "From borrowing a connection to giving it back.",
+     charts.format_seconds, charts.short_seconds),
+    ("wait", "Wait for a connection", "Time spent in the pool asking for one.",
+     charts.format_seconds, charts.short_seconds),
+    ("request_hold", "Hold time per request", "All checkouts of one request, added up.",
+     charts.format_seconds, charts.short_seconds),
+    ("request_checkouts", "Checkouts per request", "How often one request borrowed a connection.",
+     charts.format_count, charts.format_count),
+]  # fmt: skip
+
+COUNTERS = [
+    # (attribute or optional counter, title, what one count is, shown when zero?)
+    ("timeouts", "Pool timeouts", "requests answered 503", True),
+    ("ended_holding", "Leaked cursors", "requests that ended holding a connection", True),
+    ("pinned", "Pinned checkouts", "kept to the request's end by session-level SQL", False),
+    ("retries", "Retried reads", "ORM reads retried on a fresh connection", False),
+]
+
+
+def _engine(snap: Snapshot) -> str:
+    return ", ".join(snap.engines) or "no checkout yet"
+
+
+def _stats(dist, label) -> dict:
+    return {"count": int(dist.total), "mean": label(dist.mean), "p95": label(dist.quantile(0.95))}
+
+
+def _side(name: str, now: Snapshot, recent: Snapshot, seconds: float) -> dict:
+    counters = []
+    for attribute, title, note, always in COUNTERS:
+        if hasattr(now, attribute):
+            total, last = getattr(now, attribute), getattr(recent, attribute)
+        elif attribute in now.optional:
+            total, last = now.optional[attribute], recent.optional.get(attribute, 0.0)
+        else:
+            continue  # this server does not count it
+        if total or always:
+            counters.append({"title": title, "note": note, "total": total, "recent": last})
+    return {
+        "name": name,
+        "engine": _engine(now),
+        "pools": ", ".join(now.pools),
+        "checked_out": now.checked_out,
+        "max_size": now.max_size,
+        "idle": now.idle,
+        "full": bool(now.max_size) and now.checked_out >= now.max_size,
+        "checkouts_total": now.checkouts,
+        "checkouts_recent": recent.checkouts,
+        "checkouts_per_second": recent.checkouts / seconds if seconds else None,
+        "counters": counters,
+        "charts": [
+            {
+                "chart": charts.histogram(getattr(recent, attr), axis_label),
+                "recent": _stats(getattr(recent, attr), label),
+                "total": _stats(getattr(now, attr), label),
+            }
+            for attr, _, _, label, axis_label in HISTOGRAMS
+        ],
+    }
+
+
+def _trend(readings: list[history.Reading], now: float, here_name: str, peer_name: str | None):
+    here = [(now - r.at, r.here.checked_out) for r in readings]
+    lines = [(here_name, "here", here, readings[-1].here.max_size if readings else 0)]
+    if peer_name:
+        peer = [(now - r.at, r.peer.checked_out) for r in readings if r.peer is not None]
+        size = next((r.peer.max_size for r in reversed(readings) if r.peer is not None), 0)
+        lines.append((peer_name, "peer", peer, size))
+    return charts.trend(lines, TREND_SECONDS)
 
 
 def _context() -> dict:
-    snap = snapshot.take()
-    panels = [
-        ("Hold time per checkout", "From borrowing a connection to giving it back.",
-         snap.hold, charts.format_seconds, charts.short_seconds),
-        ("Wait for a connection", "Time spent in the pool asking for one.",
-         snap.wait, charts.format_seconds, charts.short_seconds),
-        ("Hold time per request", "All checkouts of one request, added up.",
-         snap.request_hold, charts.format_seconds, charts.short_seconds),
-        ("Checkouts per request", "How often one request borrowed a connection.",
-         snap.request_checkouts, charts.format_count, charts.format_count),
-    ]  # fmt: skip
+    readings = history.recorder().history()
+    current, peer_error = history.read_now()
+    peer_now = current.peer
+    start = history.reading_before(readings, current.at, WINDOW_SECONDS)
+    if start is None:  # the first half minute after the first look: everything, since start
+        seconds, window = None, "since start"
+    else:
+        seconds = current.at - start.at
+        window = f"last {seconds:.0f} s"
+
+    def recent(now: Snapshot, earlier: Snapshot | None) -> Snapshot:
+        return now if earlier is None else now.since(earlier)
+
+    here_name = f"this site: {_engine(current.here)}"
+    sides = [_side(here_name, current.here, recent(current.here, start and start.here), seconds)]
+    peer_name = None
+    if peer_now is not None:
+        peer_name = f"{history.peer_url()}: {_engine(peer_now)}"
+        sides.append(_side(peer_name, peer_now, recent(peer_now, start and start.peer), seconds))
+
     return {
-        "snap": snap,
-        "charts": [
-            {
-                "title": title,
-                "help": help_text,
-                "bars": charts.bars(dist, axis_label),
-                "count": int(dist.total),
-                "mean": label(dist.mean),
-                "p95": label(dist.quantile(0.95)),
-            }
-            for title, help_text, dist, label, axis_label in panels
+        "sides": sides,
+        "peer_url": history.peer_url(),
+        "peer_error": peer_error,
+        "rows": [
+            {"title": title, "help": help_text, "cells": [side["charts"][i] for side in sides]}
+            for i, (_, title, help_text, _, _) in enumerate(HISTOGRAMS)
         ],
-        "width": charts.WIDTH,
-        "height": charts.HEIGHT,
-        "label_y": charts.HEIGHT - charts.LABEL_SPACE + 10,
+        "window": window,
+        "windowed": seconds is not None,
+        "window_seconds": WINDOW_SECONDS,
+        "trend": _trend(readings + [current], current.at, here_name, peer_name),
         "refresh_seconds": REFRESH_SECONDS,
     }
 
