@@ -55,7 +55,7 @@ from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrappe
 from django.db.backends.signals import connection_created
 from django.db.backends.utils import CursorWrapper
 
-from backends import compat, instrumentation
+from backends import compat, instrumentation, session
 from backends.instrumentation import InstrumentedMixin
 from backends.pool import POOL_MIXIN_MEMBERS
 
@@ -65,7 +65,7 @@ logger = logging.getLogger("backends.leaks")
 class Checkout:
     """One borrowing of a connection from the pool."""
 
-    __slots__ = ("open_cursors", "opened_at", "pinned", "holds", "needs_reset")
+    __slots__ = ("open_cursors", "opened_at", "pinned", "needs_reset")
 
     def __init__(self) -> None:
         self.open_cursors = 0
@@ -75,8 +75,6 @@ class Checkout:
         # Why the connection stays with the wrapper until close() whatever the
         # release rule says (session state set outside hold_connection()), or None.
         self.pinned: str | None = None
-        # How many hold_connection() blocks are open on this checkout.
-        self.holds = 0
         # Session-level SQL ran: reset the connection before the pool has it back.
         self.needs_reset = False
 
@@ -139,6 +137,8 @@ class CheckoutMixin:
         # Django's connections are per thread: the thread that builds a wrapper owns it.
         self.owner_thread = _thread.get_ident()
         self.trace_cursors = getattr(settings, "DB_LEAK_DIAGNOSTICS", False)
+        # How many hold_connection() blocks are open on this wrapper.
+        self.holds = 0
 
     # Beginning ----------------------------------------------------------------------
 
@@ -194,6 +194,37 @@ class CheckoutMixin:
     def cursor_closed(self, checkout: Checkout) -> None:
         """A cursor of `checkout` closed; the release engines act on it."""
 
+    def keep_for_session_state(self, reason: str) -> None:
+        """Session-level SQL is about to run (`reason`): keep the connection, reset it at the end."""
+        checkout = self.checkout
+        if checkout is None:
+            # Run while connect() configures the connection (a connection_created
+            # receiver): configuration, which runs again on every checkout.
+            return
+        checkout.needs_reset = True
+        if self.holds or checkout.pinned is not None:
+            return  # hold_connection() keeps it already, and resets it when its block ends
+        checkout.pinned = reason
+        instrumentation.pinned(self, reason)
+        if self.trace_cursors:
+            logger.warning(
+                "Database alias %r keeps its connection until the end of the request: this SQL "
+                "leaves session state (%s) that would otherwise reach the next borrower of the "
+                "connection. Use SET LOCAL (or set_config(..., true)) inside transaction.atomic(), "
+                "or wrap the session work in backends.release.hold_connection(). Run at:\n%s",
+                self.alias,
+                reason,
+                "".join(traceback.format_stack(limit=14)[:-3]),
+            )
+
+    def hold(self) -> None:
+        """Enter hold_connection(): borrow a connection now and keep it until the outermost block ends."""
+        self.ensure_connection()
+        self.holds += 1
+
+    def unhold(self) -> None:
+        self.holds -= 1
+
     # Ending -----------------------------------------------------------------------
 
     def release(self) -> None:
@@ -216,8 +247,25 @@ class CheckoutMixin:
         super().close()
 
     def _close(self) -> None:
-        self.checkout = None  # cursors still open belong to a checkout that is over
+        checkout, self.checkout = self.checkout, None  # cursors still open belong to a checkout that is over
+        if checkout is not None and checkout.needs_reset and self.connection is not None:
+            self.reset_session()
         super()._close()
+
+    def reset_session(self) -> None:
+        """DISCARD ALL, then Django's time zone and role again; a connection that fails it is closed."""
+        driver = self.driver_connection()
+        try:
+            session.reset(driver)
+            compat.configure_connection(self, driver)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the connection must not be reused
+            logger.warning(
+                "Database alias %r: resetting the session of a connection failed (%s); it is "
+                "closed rather than given to another borrower.",
+                self.alias,
+                exc,
+            )
+            self.discard_connection()
 
     def report_leaked_cursors(self, checkout: Checkout) -> None:
         """The connection is being closed while cursors opened on it were never closed."""

@@ -14,7 +14,14 @@ class PoolExhausted(OperationalError):
 
     Raised by every engine in place of the pool's own exception
     (``psycopg_pool.PoolTimeout`` or ``sqlalchemy.exc.TimeoutError``), so a
-    view or middleware can catch one class.
+    view or middleware can catch one class; the pool's exception is its
+    ``__cause__``.
+
+    It is not also a ``psycopg_pool.PoolTimeout``: stock Django already turns
+    that (a psycopg error) into a plain ``django.db.OperationalError`` as it
+    leaves ``ensure_connection()``, so ``except PoolTimeout`` never caught a
+    pool timeout from a query. A class that were both would meet the same
+    fate and lose its name on the way.
     """
 
 

@@ -55,6 +55,7 @@ class QueuePoolMixin:
 
     def __init__(self, settings_dict, alias="default") -> None:
         super().__init__(settings_dict, alias)
+        self.borrowed_from = None  # the QueuePool the connection checked out now came from
         if alias == NO_DB_ALIAS:
             return
         require_no_persistent_connections(settings_dict, alias)
@@ -67,13 +68,20 @@ class QueuePoolMixin:
 
     def get_new_connection(self, conn_params):
         pool = self.queue_pool
-        if pool is None:  # the first checkout: django-db-connection-pool creates the pool
-            return super().get_new_connection(conn_params)
-        # django-db-connection-pool would take its process-wide lock only to
-        # find the pool there, then do exactly this.
-        connection = pool.connect()
-        compat.expose_driver_info(connection)
+        if pool is None:
+            # The first checkout, or the first since close_pool():
+            # django-db-connection-pool creates the pool.
+            connection = super().get_new_connection(conn_params)
+            pool = self.queue_pool
+        else:
+            # django-db-connection-pool would take its process-wide lock only to
+            # find the pool there, then do exactly this.
+            connection = pool.connect()
+            compat.expose_driver_info(connection)
+        # Whichever way it came: a released wrapper borrows again without
+        # init_connection_state(), so this is where a new connection is configured.
         self.configure_once(connection)
+        self.borrowed_from = pool
         return connection
 
     def configure_once(self, connection) -> None:
@@ -124,7 +132,12 @@ class QueuePoolMixin:
             with self.wrap_database_errors:
                 self.discard_connection()
             return
-        if dbapi_connection is not None:
+        if self.borrowed_from is not self.queue_pool:
+            # Its pool was closed (close_pool()) while this was out. QueuePool
+            # would take it back into the discarded pool, where it would stay
+            # open until garbage-collected: close it now.
+            self.discard_connection()
+        elif dbapi_connection is not None:
             health.mark_returned(dbapi_connection)
         # What Django's _close() does with a connection it does not pool
         # itself, without first asking for its own (absent) pool; closing

@@ -27,8 +27,10 @@ import _thread
 from django.core.exceptions import ImproperlyConfigured
 from psycopg.pq import TransactionStatus
 
-from backends.checkout import Checkout, CheckoutMixin
+from backends import instrumentation
+from backends.checkout import Checkout, CheckoutMixin, CountedCursorDebugWrapper, CountedCursorWrapper
 from backends.operations import RetryReadsOperations
+from backends.session import HOLD_CONNECTION, SessionStateCursorMixin
 
 # What the server says of a connection inside a transaction. Outside atomic(),
 # with autocommit on, only SQL like a raw "BEGIN" gets it there; a broken
@@ -36,10 +38,20 @@ from backends.operations import RetryReadsOperations
 OPEN_TRANSACTION = frozenset({TransactionStatus.INTRANS, TransactionStatus.INERROR})
 
 
+class ReleaseCursorWrapper(SessionStateCursorMixin, CountedCursorWrapper):
+    pass
+
+
+class ReleaseCursorDebugWrapper(SessionStateCursorMixin, CountedCursorDebugWrapper):
+    pass
+
+
 class ConnectionReleaseMixin(CheckoutMixin):
     """A checkout that ends as soon as nothing can use the connection; in front of InstrumentedMixin."""
 
     release_engine = "release"
+    cursor_wrapper_class = ReleaseCursorWrapper
+    debug_cursor_wrapper_class = ReleaseCursorDebugWrapper
     # ORM reads that fail with their connection run again on a fresh one (backends.compiler).
     ops_class = RetryReadsOperations
 
@@ -52,6 +64,31 @@ class ConnectionReleaseMixin(CheckoutMixin):
                 "one back early. Remove AUTOCOMMIT (it defaults to True) and use transaction.atomic() "
                 "where you need a transaction, or use a baseline engine."
             )
+        # True while _cursor() connects for the cursor it is about to make.
+        self.opening_cursor = False
+
+    def _cursor(self, name=None):
+        if self.connection is not None:
+            return super()._cursor(name)
+        # Between connecting and making its cursor, Django may run code that
+        # opens and closes a cursor of its own (setup SQL right after connecting,
+        # in an overridden ensure_connection()): that must not give the
+        # connection back under Django, which is about to use it.
+        self.opening_cursor = True
+        try:
+            return super()._cursor(name)
+        finally:
+            self.opening_cursor = False
+
+    def hold(self) -> None:
+        super().hold()
+        if self.holds == 1:
+            instrumentation.pinned(self, HOLD_CONNECTION)
+
+    def unhold(self) -> None:
+        super().unhold()
+        if not self.holds:
+            self.release_if_idle(self.checkout)
 
     def cursor_closed(self, checkout: Checkout) -> None:
         super().cursor_closed(checkout)
@@ -82,6 +119,10 @@ class ConnectionReleaseMixin(CheckoutMixin):
             # A cursor left over from an earlier checkout must not release this one.
             and checkout is self.checkout
             and checkout.open_cursors == 0
+            # Session state set on it, or inside hold_connection().
+            and checkout.pinned is None
+            and not self.holds
+            and not self.opening_cursor
             and not self.in_atomic_block
             and self.autocommit
             # Only the owning thread gives the connection back: a finalizer or a

@@ -61,6 +61,13 @@ requests_ended_holding = Counter(
     "because a cursor opened on it was never closed.",
     LABELS,
 )
+connections_pinned = Counter(
+    "db_connections_pinned",
+    "Checkouts a release engine kept until the request's end because of session-level SQL "
+    "(reason: set, advisory_lock, temp, listen, prepare, cursor_with_hold, load), or kept for "
+    "a hold_connection() block (reason: hold_connection).",
+    (*LABELS, "reason"),
+)
 query_retries = Counter(
     "db_query_retries",
     "ORM reads retried once on a fresh connection after a connection-level error.",

@@ -93,6 +93,12 @@ class MetricsWatcher(instrumentation.CheckoutWatcher):
         if labels is not None and usage is not None:
             usage.alias(labels).ended_holding = True
 
+    def pinned(self, connection, reason: str) -> None:
+        # Rare (session-level SQL), so taking the series' lock here costs nothing that matters.
+        labels = labels_of(connection)
+        if labels is not None:
+            prometheus.connections_pinned.labels(*labels, reason).inc()
+
     def query_retried(self, connection) -> None:
         # The failed connection is back in the pool by now: the lock holds nothing up.
         labels = labels_of(connection)
