@@ -37,7 +37,7 @@ def boolean(name: str, default: bool = False) -> bool:
     raise ImproperlyConfigured(f"{name}={value!r} is not known: use 1 or 0 (or true/false, yes/no, on/off).")
 
 
-def integer(name: str, default: int) -> int:
+def integer(name: str, default: int | None) -> int | None:
     value = _raw(name)
     if value is None:
         return default
@@ -47,7 +47,7 @@ def integer(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={value!r} is not a whole number.") from None
 
 
-def number(name: str, default: float) -> float:
+def number(name: str, default: float | None) -> float | None:
     value = _raw(name)
     if value is None:
         return default

@@ -41,9 +41,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "backends",
+    # What watches the site: Prometheus metrics, the live pool dashboard, health probes.
     "apps.metrics",
     "apps.dashboard",
     "apps.probes",
+    # The sample shop.
     "apps.catalog",
     "apps.customers",
     "apps.orders",
