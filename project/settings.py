@@ -111,6 +111,8 @@ DATABASES = {
             min_size=env.integer("DB_POOL_MIN_SIZE", default=1),
             max_size=env.integer("DB_POOL_MAX_SIZE", default=4),
             timeout=env.number("DB_POOL_TIMEOUT", default=5.0),
+            # Unset: the engine's (backends.nativepool.RECONNECT_TIMEOUT_SECONDS).
+            reconnect_timeout=env.number("DB_POOL_RECONNECT_TIMEOUT", default=None),
         ),
         # Behind PgBouncer in transaction mode (the compose "pgbouncer" profile), as Django's
         # docs advise: a server-side cursor cannot outlive the transaction there.
