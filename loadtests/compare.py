@@ -154,8 +154,10 @@ def run_one(run: Run, number: int, total: int, args, load: Load) -> dict:
     measured = dict(workers=args.workers, threads=args.threads)
     if args.targets:
         url = args.targets[side.name]
-        pool_size = pool_size_of(url) or args.pool_size
-        say(f"{label}: {args.users} users for {args.duration} s against {url} (pool {pool_size} in all)")
+        # The site reports its pools added up over its workers; --workers says how many it has.
+        in_all = pool_size_of(url)
+        pool_size = max(1, in_all // args.workers) if in_all else args.pool_size
+        say(f"{label}: {args.users} users for {args.duration} s against {url} (pool {in_all or '?'} in all)")
         result = measure_side(Remote(url), load, label, run.files, pool_size=pool_size, **measured)
         result["url"] = url
         return result

@@ -191,4 +191,3 @@ def ms(seconds: float | None) -> float | None:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
-
