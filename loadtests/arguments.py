@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namesp
         default=[],
         metavar="SIDE=URL",
         help="measure a site that is already running instead of starting one "
-        f"(SIDE: {', '.join(TITLES)}); give release and baseline at least",
+        f"(SIDE: {', '.join(TITLES)}); give release and baseline at least; --workers and --threads "
+        "then describe the sites",
     )
     parser.add_argument(
         "--prepare-database",
