@@ -41,6 +41,17 @@ overhead: install
 instructions: install
 	@$(BIN)/python -m loadtests.instructions
 
+## The shop under Locust while backends are killed and PostgreSQL stops 5 s and 15 s, release and
+## stock on both pools, on a PostgreSQL of its own (about 10 minutes on 2 cores). FAULTS_ARGS: e.g.
+## "--pools native --faults kill".
+.PHONY: faults dead-connection
+faults: install
+	@$(BIN)/python -m loadtests.faults $(FAULTS_ARGS)
+
+## What a dead pooled connection costs one query, each engine and psycopg_pool alone.
+dead-connection: install
+	@$(BIN)/python -m loadtests.deadconn
+
 ## Serve the sample site under gunicorn on the embedded PostgreSQL (or DATABASE_URL).
 run: install
 	@$(BIN)/python -m devtools.serve
