@@ -27,6 +27,12 @@ def format_count(value: float | None) -> str:
     return "–" if value is None else ("∞" if math.isinf(value) else f"{value:.3g}")
 
 
+def format_whole_quantile(value: float | None) -> str:
+    """A quantile of whole numbers (checkouts per request), interpolated within its bucket: the
+    next whole number up, since 0.95 checkouts is no answer to how many a request made."""
+    return format_count(value if value is None or math.isinf(value) else math.ceil(value - 1e-9))
+
+
 def short_seconds(seconds: float) -> str:
     """A bucket bound for an axis label: 100µs, 2.5ms, 1s."""
     if seconds < 0.001:
@@ -119,8 +125,9 @@ def histogram(dist: Distribution, label=short_seconds) -> HistogramChart | None:
     return HistogramChart(bars=bars, ticks=axis)
 
 
-TREND_WIDTH, TREND_HEIGHT = 560, 150
-TREND_LEFT, TREND_RIGHT, TREND_TOP, TREND_BOTTOM = 34, 10, 10, 30
+# As wide as the page, so its text reads at the size of the histograms'.
+TREND_WIDTH, TREND_HEIGHT = 1100, 200
+TREND_LEFT, TREND_RIGHT, TREND_TOP, TREND_BOTTOM = 52, 14, 10, 28
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,7 @@ class TrendChart:
     right: int = TREND_WIDTH - TREND_RIGHT
     top: int = TREND_TOP
     bottom: int = TREND_HEIGHT - TREND_BOTTOM
+    middle: int = (TREND_TOP + TREND_HEIGHT - TREND_BOTTOM) // 2
 
 
 def trend(lines: list[tuple[str, str, list[tuple[float, float]], float]], seconds: int) -> TrendChart:
