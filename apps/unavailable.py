@@ -41,13 +41,16 @@ MESSAGES = {
 OTHER = "The database is not available."
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message on one line, whatever the driver's looks like (libpq's span several)."""
+    return " ".join(str(error).split())
+
+
 def service_unavailable(
     request: HttpRequest, cause: str, error: BaseException, *, as_json: bool = False
 ) -> HttpResponse:
     """503 with Retry-After for `cause` (one of backends.errors' causes), logged once at WARNING."""
-    # One line, whatever the driver's message looks like (libpq's span several).
-    detail = " ".join(str(error).split())
-    logger.warning("503 for %s %s: %s (%s)", request.method, request.path, cause, detail)
+    logger.warning("503 for %s %s: %s (%s)", request.method, request.path, cause, one_line(error))
     message = f"{MESSAGES.get(cause, OTHER)} Please retry shortly."
     if as_json:
         response = JsonResponse({"status": "unavailable", "error": message, "cause": cause}, status=503)

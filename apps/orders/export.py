@@ -18,7 +18,8 @@ Three things make the stream safe to rely on:
 * The last line is a trailer, ``# end of export: N order lines``. The status
   (200) is sent before the first row, so an export cut short by a lost
   connection can only be told from a whole one by its end: no trailer, or a
-  count that does not match, means the file is incomplete.
+  count that does not match, means the file is incomplete. Such a cut is
+  logged once, at WARNING, and the stream ends there.
 
 Under ASGI, Django reads a synchronous streaming body completely before sending
 it, so the flat-memory property holds under WSGI (gunicorn, runserver).
@@ -27,12 +28,17 @@ it, so the flat-memory property holds under WSGI (gunicorn, runserver).
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Iterator
 from itertools import chain
 
 from django.db import transaction
 
 from apps.orders.models import OrderLine
+from apps.unavailable import one_line
+from backends.errors import transient_cause
+
+logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 2_000  # rows fetched from the server-side cursor at a time
 ROWS_PER_BLOCK = 500  # CSV rows per piece of the response
@@ -77,47 +83,63 @@ def order_rows() -> Iterator[tuple]:
 
 
 def csv_blocks() -> Iterator[str]:
-    """The header, blocks of ROWS_PER_BLOCK rows, then the trailer, all inside one transaction.
+    """The header, blocks of ROWS_PER_BLOCK rows, then the trailer.
 
     The query runs before the header is yielded: the first next() tells
-    whether the database could be read.
+    whether the database could be read. The last block and the trailer go
+    out once the transaction has ended well, so a trailer vouches for the
+    whole file. A connection lost after the header ends the file early,
+    without a trailer.
     """
     writer = csv.writer(_Line())
-    with transaction.atomic():
-        rows = order_rows()
-        try:
-            first = next(rows, None)  # runs the query
-            yield writer.writerow(HEADER)
-            count = 0
-            block = []
-            for number, created_at, status, customer, sku, name, quantity, unit_price in chain(
-                [first] if first is not None else [], rows
-            ):
-                block.append(
-                    writer.writerow(
-                        [
-                            number,
-                            created_at.isoformat(),
-                            status,
-                            customer,
-                            sku,
-                            name,
-                            quantity,
-                            unit_price,
-                            quantity * unit_price,
-                        ]
+    count = 0
+    header_sent = False
+    try:
+        with transaction.atomic():
+            rows = order_rows()
+            try:
+                first = next(rows, None)  # runs the query
+                header_sent = True
+                yield writer.writerow(HEADER)
+                block = []
+                for number, created_at, status, customer, sku, name, quantity, unit_price in chain(
+                    [first] if first is not None else [], rows
+                ):
+                    block.append(
+                        writer.writerow(
+                            [
+                                number,
+                                created_at.isoformat(),
+                                status,
+                                customer,
+                                sku,
+                                name,
+                                quantity,
+                                unit_price,
+                                quantity * unit_price,
+                            ]
+                        )
                     )
-                )
-                if len(block) == ROWS_PER_BLOCK:
-                    count += len(block)
-                    yield "".join(block)
-                    block = []
-            count += len(block)
-            yield "".join(block) + TRAILER.format(count=count)
-        finally:
-            # A client that disconnects closes this generator; closing the rows closes
-            # the server-side cursor now, in this thread, before the transaction ends.
-            rows.close()
+                    if len(block) == ROWS_PER_BLOCK:
+                        count += len(block)
+                        yield "".join(block)
+                        block = []
+                count += len(block)
+            finally:
+                # A client that disconnects closes this generator; closing the rows closes
+                # the server-side cursor now, in this thread, before the transaction ends.
+                rows.close()
+    # Not only DatabaseError: closing a server-side cursor on a lost connection
+    # raises the driver's own error, which Django does not wrap.
+    except Exception as exc:
+        cause = transient_cause(exc)
+        if not header_sent or cause is None:
+            raise  # before the header: the view answers 503; a bug stays a bug
+        # The status went out with the header: all that is left is to stop
+        # short of the trailer (an exception would only add a traceback).
+        logger.warning("CSV export cut short after %d order lines: %s (%s)", count, cause, one_line(exc))
+        return
+    yield "".join(block) + TRAILER.format(count=count)
 
 
 class OrderExport:
