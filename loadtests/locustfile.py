@@ -14,14 +14,30 @@ place orders; the seeded ones are 1-50 on a fresh database.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import random
+import re
 import urllib.request
 
 from locust import FastHttpUser, constant, events, tag, task
 
 product_ids: list[int] = []
+
+
+# The CSV export's last line (apps/orders/export.py): a 200 cut short mid-stream has none.
+EXPORT_TRAILER = re.compile(r"# end of export: (\d+) order lines\r\n\Z")
+
+
+def export_is_complete(text: str) -> bool:
+    """Whether a CSV export ends with its trailer, and has as many order lines as the trailer counts."""
+    trailer = EXPORT_TRAILER.search(text)
+    if trailer is None:
+        return False
+    rows = sum(1 for _ in csv.reader(io.StringIO(text)))  # a product name may hold a line break
+    return rows == int(trailer.group(1)) + 2  # the header, the order lines, the trailer
 
 
 def customer_ids() -> range:
@@ -121,7 +137,11 @@ class MixedUser(ShopUser):
     @task(1)
     def export_now_and_then(self) -> None:
         if random.random() < 0.05:
-            self.get_json("/orders/export.csv", "/orders/export.csv")
+            with self.client.get("/orders/export.csv", name="/orders/export.csv", catch_response=True) as r:
+                if r.status_code != 200:
+                    r.failure(f"HTTP {r.status_code}")
+                elif not export_is_complete(r.text):
+                    r.failure("export cut short: no trailer, or fewer lines than it counts")
 
 
 class AtomicUser(ShopUser):

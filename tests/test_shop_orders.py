@@ -12,7 +12,15 @@ from django.db import connections
 from django.test import Client
 
 from apps.orders.models import Order, OrderLine
-from tests.test_shop_support import Shop, make_order, make_product, make_shop, private_details, stock_of
+from tests.test_shop_support import (
+    Shop,
+    exports_complete,
+    make_order,
+    make_product,
+    make_shop,
+    private_details,
+    stock_of,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -412,3 +420,14 @@ def test_csv_export_gives_the_connection_back_when_the_client_goes_away(client, 
 
 def test_csv_export_refuses_writes(client):
     assert client.post("/orders/export.csv").status_code == 405
+
+
+def test_the_load_test_tells_a_whole_export_from_one_cut_short(client, shop):
+    for i in range(3):
+        make_order(shop.ada, [(shop.novel, 1), (shop.kettle, 2)], number=f"S-{i}")
+    whole = b"".join(client.get("/orders/export.csv").streaming_content).decode()
+    lines = whole.splitlines(keepends=True)
+
+    cut_before_the_trailer = whole[: whole.index("# end")]
+    rows_lost_in_the_middle = "".join(lines[:3] + lines[-1:])
+    assert exports_complete([whole, cut_before_the_trailer, rows_lost_in_the_middle]) == [True, False, False]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -11,6 +14,7 @@ from django.utils import timezone
 from apps.catalog.models import Category, Product, Review
 from apps.customers.models import Customer
 from apps.orders.models import Order, OrderLine
+from loadtests.site import BASE_DIR as ROOT
 
 
 @dataclass
@@ -76,3 +80,20 @@ def stock_of(*products: Product) -> list[int]:
 def private_details(shop: Shop) -> list[str]:
     """What no public page or endpoint may show about the customers."""
     return [shop.ada.email, shop.ada.address, shop.alan.email, shop.alan.address, "Lovelace", "Turing"]
+
+
+def exports_complete(texts: list[str]) -> list[bool]:
+    """What the load test (loadtests/locustfile.py) says of each CSV export: whole, or cut short?
+
+    Asked in a process of its own: importing Locust patches threading (gevent) for good.
+    """
+    script = (
+        "import json, sys\n"
+        "from loadtests.locustfile import export_is_complete\n"
+        "print(json.dumps([export_is_complete(text) for text in json.load(sys.stdin)]))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        input=json.dumps(texts), capture_output=True, text=True, cwd=ROOT, check=True, timeout=60,
+    )  # fmt: skip
+    return json.loads(run.stdout)
