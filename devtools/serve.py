@@ -47,8 +47,8 @@ def configure_environment() -> str:
     return os.environ["DATABASE_URL"]
 
 
-def prepare(seed_size: str | None) -> None:
-    """Migrate, seed and collect static files, in this process."""
+def prepare(seed_size: str | None, static: bool = True) -> None:
+    """Migrate, seed and collect static files (unless `static` is false), in this process."""
     import django
     from django.core.management import call_command
 
@@ -58,8 +58,9 @@ def prepare(seed_size: str | None) -> None:
     if seed_size:
         say(f"seeding ({seed_size})")
         call_command("seed", size=seed_size)
-    say("collecting static files")
-    call_command("collectstatic", interactive=False, verbosity=0)
+    if static:
+        say("collecting static files")
+        call_command("collectstatic", interactive=False, verbosity=0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 ensure_port_free(args.port + 1)
         if uses_database:
             say(f"preparing the database (seed: {args.seed})")
-            customers = database.prepare(args.seed)
+            customers = database.prepare(args.seed, static=not args.targets)
             shop = database.Shop()
         else:
             customers = os.environ.get("SHOP_CUSTOMER_IDS", "1-50")

@@ -9,12 +9,16 @@ from django.db import connections
 from loadtests.site import StartError
 
 
-def prepare(seed: str) -> str:
-    """Database up, migrated and seeded; returns the customer id range for orders ("first-last")."""
+def prepare(seed: str, static: bool = True) -> str:
+    """Database up, migrated and seeded; returns the customer id range for orders ("first-last").
+
+    `static`: collect static files too, for the sites this run starts (sites given with
+    --target serve their own; in a container image the folder is not the run's to write).
+    """
     from devtools.serve import configure_environment, prepare
 
     configure_environment()
-    prepare(None if seed == "none" else seed)
+    prepare(None if seed == "none" else seed, static=static)
     return customer_ids()
 
 
