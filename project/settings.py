@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "apps.dashboard",
     "apps.probes",
     # The sample shop.
+    "apps.web",
     "apps.catalog",
     "apps.customers",
     "apps.orders",

@@ -23,7 +23,7 @@ from apps.catalog.queries import (
     review_json,
     review_stats,
 )
-from apps.http import ApiError, form_errors, json_api
+from apps.web.http import ApiError, form_errors, json_api
 
 
 class ApiProductFilterForm(ProductFilterForm):

@@ -3,9 +3,9 @@
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.http import ApiError, json_api, read_json_body
 from apps.orders.forms import MAX_ID
 from apps.orders.services import OrderRefused, Wanted, order_json, place_order
+from apps.web.http import ApiError, json_api, read_json_body
 
 
 # CSRF protects cookie-authenticated browser forms. This endpoint takes only

@@ -2,10 +2,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
-from apps.http import ApiError, form_errors, json_api
 from apps.sales.daily import daily_sales
 from apps.sales.forms import ReportForm
 from apps.sales.queries import sales_report
+from apps.web.http import ApiError, form_errors, json_api
 
 
 @require_safe

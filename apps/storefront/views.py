@@ -3,7 +3,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
 from apps.catalog.models import Product
-from apps.http import json_error
+from apps.web.http import json_error
 
 
 @require_safe
