@@ -10,7 +10,7 @@ Three places turn such an error into a 503, all through service_unavailable():
 
 * ``DatabaseUsageMiddleware.process_exception`` (apps/metrics/middleware.py),
   for errors raised by a view, in DEBUG too;
-* ``json_api`` (apps/http.py), which answers in JSON like every API error;
+* ``json_api`` (apps/web/http.py), which answers in JSON like every API error;
 * server_error() below, the project's ``handler500``, for errors raised
   anywhere else (another middleware, a template rendered after the view).
 
