@@ -161,13 +161,17 @@ def test_errors_that_leave_the_connection_healthy_have_no_transient_cause(databa
 NAP_SECONDS = 0.4
 
 
-def sleepy_groups(alias: str) -> QuerySet:
+def naps(alias: str, seconds: float) -> QuerySet:
     """An ORM read that naps on the server first, and says which backend answered it."""
     return Group.objects.using(alias).extra(
         select={"backend": "pg_backend_pid()"},
         where=["pg_sleep(%s) IS NOT NULL"],
-        params=[NAP_SECONDS],
+        params=[seconds],
     )
+
+
+def sleepy_groups(alias: str) -> QuerySet:
+    return naps(alias, NAP_SECONDS)
 
 
 class Killer(Worker):
@@ -326,6 +330,47 @@ def test_the_baseline_does_not_run_reads_again(database, killer):
         list(sleepy_groups(alias))
 
     assert retries(alias) == 0
+
+
+def test_reads_from_several_threads_survive_backends_killed_under_them(database):
+    alias = database(release="cursor", max_size=4, timeout=5)
+    Group.objects.using(alias).create(name="survivor")
+    before = retries(alias)
+    stop, errors, reads = threading.Event(), [], [0]
+
+    def read_until_stopped() -> None:
+        while not stop.is_set():
+            try:
+                assert list(naps(alias, 0.02).values_list("name", flat=True)) == ["survivor"]
+                reads[0] += 1
+            except Exception as exc:  # noqa: BLE001 - counted, and the test fails on any
+                errors.append(exc)
+
+    def kill_every_session_of_the_test_database() -> None:
+        with connections["default"].cursor() as cursor:
+            for _ in range(6):
+                time.sleep(0.5)
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND state = 'active' AND query LIKE %s "
+                    "AND pid <> pg_backend_pid()",
+                    ["%pg_sleep(%"],
+                )
+
+    readers = [Worker(read_until_stopped, name=f"reader-{n}") for n in range(4)]
+    for reader in readers:
+        reader.start()
+    killer = Worker(kill_every_session_of_the_test_database, name="killer")
+    killer.start()
+    killer.finish()
+    stop.set()
+    for reader in readers:
+        reader.finish()
+
+    assert killer.error is None
+    assert errors == []
+    assert reads[0] > 0
+    assert retries(alias) > before
 
 
 # Dead connections in the pool ---------------------------------------------------------
