@@ -15,4 +15,4 @@ urlpatterns = [
 # JSON 404s under /api/, the site's own page elsewhere.
 handler404 = "apps.storefront.views.not_found"
 # 503 with Retry-After for transient database trouble, Django's 500 page for the rest.
-handler500 = "apps.unavailable.server_error"
+handler500 = "apps.web.unavailable.server_error"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
-from apps import unavailable
 from apps.metrics import prometheus
 from apps.metrics.requests import RequestUsage, current
+from apps.web import unavailable
 
 
 class DatabaseUsageMiddleware:

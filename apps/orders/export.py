@@ -35,7 +35,7 @@ from itertools import chain
 from django.db import transaction
 
 from apps.orders.models import OrderLine
-from apps.unavailable import one_line
+from apps.web.unavailable import one_line
 from backends.errors import transient_cause
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
-from apps.unavailable import service_unavailable
+from apps.web.unavailable import service_unavailable
 from backends.errors import transient_cause
 
 

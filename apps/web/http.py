@@ -15,7 +15,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
-from apps import unavailable
+from apps.web import unavailable
 
 
 class ApiError(Exception):

@@ -29,7 +29,7 @@ from django.views import defaults
 
 from backends.errors import CONNECTION_LOST, DATABASE_UNREACHABLE, POOL_EXHAUSTED, transient_cause
 
-logger = logging.getLogger("apps.unavailable")
+logger = logging.getLogger("apps.web.unavailable")
 
 RETRY_AFTER_SECONDS = 1
 
