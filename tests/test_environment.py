@@ -187,3 +187,27 @@ def test_settings_import_without_the_embedded_server_installed(tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str((tmp_path / "pgdata").resolve())
+
+
+def test_gunicorn_refuses_to_start_with_a_host_name_in_metrics_allowed_ips(tmp_path):
+    # It used to start, then answer every /metrics and /pool/ request with a 500.
+    env = {
+        **os.environ,
+        "DJANGO_SECRET_KEY": LONG_KEY,
+        "METRICS_ALLOWED_IPS": "localhost",
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:1/never-contacted",
+        "GUNICORN_BIND": "127.0.0.1:0",
+        "GUNICORN_WORKERS": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "project/gunicorn.conf.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode != 0
+    assert "METRICS_ALLOWED_IPS has 'localhost'" in result.stderr
