@@ -42,7 +42,8 @@ def configure_environment() -> str:
         os.environ["DATABASE_URL"] = localdb.ensure_running().url()
     else:
         say("using the database at DATABASE_URL")
-    os.environ.setdefault("DJANGO_SECRET_KEY", secret_key())
+    if not os.environ.get("DJANGO_SECRET_KEY"):  # not setdefault(): that would make the file anyway
+        os.environ["DJANGO_SECRET_KEY"] = secret_key()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     return os.environ["DATABASE_URL"]
 

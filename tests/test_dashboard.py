@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
 from apps.dashboard import charts, history
 from apps.dashboard.snapshot import Distribution, Snapshot
-from tests.servers import free_port, get
+from tests.servers import ROOT, database_url_for_tests, free_port, get
 
 
 def snapshot(checkouts: float, hold_counts: list[float], at: float = 0.0, **optional: float) -> Snapshot:
@@ -90,14 +96,19 @@ def test_each_site_shows_its_pool_beside_the_other_under_real_servers(serve):
     for _ in range(3):
         assert get(f"{release.base}/api/raw/reports/sales/")[0] == 200
 
-    status, page = get(f"{release.base}/pool/")
-    assert status == 200
+    # A request is counted as it ends, which can be just after its client has the answer.
+    deadline = time.monotonic() + 10
+    while True:
+        status, page = get(f"{release.base}/pool/")
+        assert status == 200
+        # Each chart row has a cell per side: this site's, then the other's.
+        row = page.split('Checkouts per request <span class="note">')[1]
+        counts = [int(n) for n in re.findall(r"since start: (\d+) observed", row)]
+        if counts == [3, 5] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert _side_titles(page) == ["this site: release", f"{baseline.base}: baseline"]
-    # Both sides counted what their own server did: each chart row has a cell per side.
-    row = page.split('Checkouts per request <span class="note">')[1]
-    counts = re.findall(r"since start: (\d+) observed", row)
-    assert len(counts) == 2
-    assert int(counts[0]) >= 3 and int(counts[1]) >= 5
+    assert counts == [3, 5]  # each side counted what its own server did
     assert 'class="chart side-peer"' in row and "<rect" in row.split("side-peer")[1]
     # The trend has both sites, a time axis and a scale.
     assert 'polyline class="here"' in page and 'polyline class="peer"' in page
@@ -116,3 +127,49 @@ def test_a_peer_that_does_not_answer_is_named_and_this_site_still_shows(serve):
     assert status == 200
     assert f"Could not read the other site: {nowhere}/metrics" in page
     assert len(_side_titles(page)) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_make_run_ab_serves_both_engines_each_showing_the_other(tmp_path):
+    port = free_port()
+    while not all(_port_is_free(p) for p in (port, port + 1)):
+        port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "GUNICORN_WORKERS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each site makes its own, named by its address
+    command = [sys.executable, "-m", "devtools.serve_ab", "--port", str(port), "--seed", "none"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        release, baseline = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
+        _wait_for(f"{release}/readyz", process)
+        _wait_for(f"{baseline}/readyz", process)
+        assert '"engine": "release"' in get(f"{release}/readyz")[1]
+        assert '"engine": "baseline"' in get(f"{baseline}/readyz")[1]
+        assert _side_titles(get(f"{release}/pool/")[1]) == ["this site: release", f"{baseline}: baseline"]
+        assert _side_titles(get(f"{baseline}/pool/")[1]) == ["this site: baseline", f"{release}: release"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, output[-2000:]
+    assert f"look at {release}/pool/" in output
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_for(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read().decode()[-2000:]
+        try:
+            if get(url, timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
