@@ -25,6 +25,7 @@ from backends.errors import (
 )
 from backends.nativepool import RECONNECT_EVERY_SECONDS, RECONNECT_TIMEOUT_SECONDS
 from backends.pool import DatabaseUnreachable, PoolExhausted
+from backends.release import hold_connection
 from project.database import engine_for, pool_settings, with_pool
 from tests.conftest import POOL, Worker, backend_pid, usage
 
@@ -317,6 +318,29 @@ def test_a_read_while_another_cursor_is_open_is_not_run_again(release_alias, kil
             list(sleepy_groups(release_alias))
     finally:
         other.close()
+
+    assert retries(release_alias) == before
+
+
+def test_a_read_on_a_connection_pinned_by_session_state_is_not_run_again(release_alias, killer):
+    # A fresh connection would lack the session's SET: the read must not run there.
+    before = retries(release_alias)
+    with connections[release_alias].cursor() as cursor:
+        cursor.execute("SET statement_timeout = '9s'")
+    killer()
+
+    with pytest.raises(OperationalError):
+        list(sleepy_groups(release_alias))
+
+    assert retries(release_alias) == before
+
+
+def test_a_read_inside_hold_connection_is_not_run_again(release_alias, killer):
+    before = retries(release_alias)
+    killer()
+
+    with pytest.raises(OperationalError), hold_connection(using=release_alias):
+        list(sleepy_groups(release_alias))
 
     assert retries(release_alias) == before
 
