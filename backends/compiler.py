@@ -22,8 +22,9 @@ through here. A query is run again, once, when all of these hold:
   except for ``.iterator()`` (a chunked fetch), whose rows are fetched after it
   returned, out of reach of this retry;
 * the engine gave the dead connection back on its own, which it does only when
-  nothing else was open on it: no other cursor, and no session state
-  (``SET``, advisory locks, temporary tables) that a fresh connection would lack.
+  nothing else was open on it: no other cursor, no ``hold_connection()`` block,
+  and no session state (``SET``, advisory locks, temporary tables) that a fresh
+  connection would lack.
 
 Each retry is counted (``CheckoutWatcher.query_retried``, the
 ``db_query_retries_total`` metric). A retry that fails too raises its own error.
@@ -47,6 +48,8 @@ __all__ = [
 
 
 class RetryReadsMixin:
+    """Run a read once more when its connection broke under it (see the module docstring)."""
+
     def execute_sql(self, result_type=MULTI, *args, **kwargs):
         try:
             return super().execute_sql(result_type, *args, **kwargs)
