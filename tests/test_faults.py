@@ -138,6 +138,7 @@ SYNC_VIEWS = [
 ]
 
 
+@pytest.mark.direct_connection
 @pytest.mark.parametrize(("path", "json"), SYNC_VIEWS)
 def test_a_connection_lost_mid_request_answers_503_logged_once(shop, caplog, path, json):
     path = path.format(novel=shop.novel.pk)
@@ -158,6 +159,7 @@ def test_an_exhausted_pool_answers_503_logged_once(shop, caplog, path, json):
     assert_one_warning_naming(caplog, POOL_EXHAUSTED, path)
 
 
+@pytest.mark.direct_connection
 def test_an_async_view_answers_503_logged_once(shop, caplog):
     path = f"/api/async/products/{shop.novel.pk}/summary/"
     with every_query_loses_its_connection(), caplog.at_level(logging.INFO):
@@ -167,6 +169,7 @@ def test_an_async_view_answers_503_logged_once(shop, caplog):
     assert_one_warning_naming(caplog, CONNECTION_LOST, path)
 
 
+@pytest.mark.direct_connection
 def test_an_order_whose_transaction_is_cut_answers_503_and_changes_nothing(shop, caplog):
     from apps.orders.models import Order
 
@@ -181,6 +184,7 @@ def test_an_order_whose_transaction_is_cut_answers_503_and_changes_nothing(shop,
     assert_one_warning_naming(caplog, CONNECTION_LOST, "/api/orders/", method="POST")
 
 
+@pytest.mark.direct_connection
 def test_a_lost_connection_is_logged_once_in_all(shop, caplog):
     with every_query_loses_its_connection(), caplog.at_level(logging.INFO):
         Client(raise_request_exception=False).get("/api/raw/reports/sales/")
@@ -204,6 +208,7 @@ class QueryingMiddleware:
         return self.get_response(request)
 
 
+@pytest.mark.direct_connection
 def test_an_error_outside_the_view_answers_503_through_handler500(shop, caplog, settings):
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_faults.QueryingMiddleware"]
     with every_query_loses_its_connection(), caplog.at_level(logging.INFO):
@@ -429,6 +434,7 @@ ORM_READ_NOT_ALWAYS_RETRIED = (
 )
 
 
+@pytest.mark.direct_connection
 @pytest.mark.skipif(
     settings.DB_RELEASE != "cursor", reason="the release engines retry reads, stock Django not"
 )

@@ -72,6 +72,7 @@ def test_orm_query_gives_the_connection_back(database):
     assert usage(alias).checked_out == 0
 
 
+@pytest.mark.direct_connection
 def test_next_query_borrows_a_connection_again(database):
     alias = database()
     first = backend_pid(alias)
@@ -221,6 +222,7 @@ def test_a_failing_on_commit_hook_still_gives_the_connection_back(database):
     assert group_names(alias) == {"committed-anyway"}
 
 
+@pytest.mark.direct_connection
 def test_manual_transaction_holds_the_connection_until_autocommit_is_back(database):
     alias = database()
     conn = connections[alias]
@@ -435,6 +437,7 @@ def test_closed_cursors_are_not_reported_as_leaks(database, settings, caplog):
     assert [r for r in caplog.records if r.name == "backends.leaks"] == []
 
 
+@pytest.mark.direct_connection
 def test_a_cursor_from_an_earlier_checkout_does_not_release_the_current_one(database):
     alias = database()
     stale = connections[alias].cursor()
@@ -514,6 +517,7 @@ def test_the_checkout_check_sees_data_and_end_of_file_on_a_socket():
         assert health.socket_readable(ours.fileno())
 
 
+@pytest.mark.direct_connection
 def test_terminated_connection_is_not_handed_out(database):
     alias = database()
     dead = backend_pid(alias)
@@ -524,6 +528,7 @@ def test_terminated_connection_is_not_handed_out(database):
     assert usage(alias).size == 1
 
 
+@pytest.mark.direct_connection
 def test_terminated_connection_fails_only_its_transaction(database):
     alias = database()
     with pytest.raises(Exception) as failure, transaction.atomic(using=alias):

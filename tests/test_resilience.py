@@ -47,6 +47,7 @@ def nowhere_conninfo(tmp_path) -> str:
 # What a 503 handler is told --------------------------------------------------------
 
 
+@pytest.mark.direct_connection
 def test_a_connection_terminated_under_a_transaction_reads_as_lost_mid_request(database):
     alias = database()
     with pytest.raises(OperationalError) as failure, transaction.atomic(using=alias):
@@ -134,6 +135,7 @@ def test_a_cause_is_found_behind_the_exception_that_wraps_it():
         assert transient_cause(wrapped) == DATABASE_UNREACHABLE
 
 
+@pytest.mark.direct_connection
 @pytest.mark.parametrize(
     "sql",
     [
@@ -231,6 +233,7 @@ def release_alias(database):
     return alias
 
 
+@pytest.mark.direct_connection
 def test_an_orm_read_whose_connection_is_killed_runs_again_on_a_fresh_one(release_alias, killer):
     before = retries(release_alias)
     kill = killer()
@@ -244,6 +247,7 @@ def test_an_orm_read_whose_connection_is_killed_runs_again_on_a_fresh_one(releas
     assert connections[release_alias].connection is None  # and it went back to the pool
 
 
+@pytest.mark.direct_connection
 def test_single_row_and_aggregate_reads_run_again_too(release_alias, killer):
     before = retries(release_alias)
 
@@ -257,6 +261,7 @@ def test_single_row_and_aggregate_reads_run_again_too(release_alias, killer):
     assert retries(release_alias) == before + 3
 
 
+@pytest.mark.direct_connection
 def test_a_read_runs_again_only_once(release_alias, killer):
     before = retries(release_alias)
     killer(times=2)
@@ -268,6 +273,7 @@ def test_a_read_runs_again_only_once(release_alias, killer):
     assert retries(release_alias) == before + 1
 
 
+@pytest.mark.direct_connection
 def test_raw_sql_is_not_run_again(release_alias, killer):
     before = retries(release_alias)
     killer()
@@ -280,6 +286,7 @@ def test_raw_sql_is_not_run_again(release_alias, killer):
     assert Group.objects.using(release_alias).count() == 1
 
 
+@pytest.mark.direct_connection
 def test_a_read_inside_atomic_is_not_run_again(release_alias, killer):
     before = retries(release_alias)
     killer()
@@ -291,6 +298,7 @@ def test_a_read_inside_atomic_is_not_run_again(release_alias, killer):
     assert Group.objects.using(release_alias).count() == 1
 
 
+@pytest.mark.direct_connection
 def test_a_read_whose_rows_were_being_handed_out_is_not_run_again(release_alias):
     # .iterator() fetches its rows after the query started handing them out:
     # the caller may have acted on some of them already.
@@ -307,6 +315,7 @@ def test_a_read_whose_rows_were_being_handed_out_is_not_run_again(release_alias)
     assert retries(release_alias) == before
 
 
+@pytest.mark.direct_connection
 def test_a_read_while_another_cursor_is_open_is_not_run_again(release_alias, killer):
     # The connection is not the read's alone, so it is not given back on the
     # error, and a retry would run on the dead connection again.
@@ -322,6 +331,7 @@ def test_a_read_while_another_cursor_is_open_is_not_run_again(release_alias, kil
     assert retries(release_alias) == before
 
 
+@pytest.mark.direct_connection
 def test_a_read_on_a_connection_pinned_by_session_state_is_not_run_again(release_alias, killer):
     # A fresh connection would lack the session's SET: the read must not run there.
     before = retries(release_alias)
@@ -335,6 +345,7 @@ def test_a_read_on_a_connection_pinned_by_session_state_is_not_run_again(release
     assert retries(release_alias) == before
 
 
+@pytest.mark.direct_connection
 def test_a_read_inside_hold_connection_is_not_run_again(release_alias, killer):
     before = retries(release_alias)
     killer()
@@ -345,6 +356,7 @@ def test_a_read_inside_hold_connection_is_not_run_again(release_alias, killer):
     assert retries(release_alias) == before
 
 
+@pytest.mark.direct_connection
 def test_the_baseline_does_not_run_reads_again(database, killer):
     alias = database(release="request", max_size=2)
     Group.objects.using(alias).create(name="survivor")
@@ -356,6 +368,7 @@ def test_the_baseline_does_not_run_reads_again(database, killer):
     assert retries(alias) == 0
 
 
+@pytest.mark.direct_connection
 def test_reads_from_several_threads_survive_backends_killed_under_them(database):
     alias = database(release="cursor", max_size=4, timeout=5)
     Group.objects.using(alias).create(name="survivor")
@@ -421,6 +434,7 @@ def fill_pool(alias: str, size: int) -> list[int]:
     return pids
 
 
+@pytest.mark.direct_connection
 def test_dead_idle_connections_are_passed_over_without_waiting(database):
     # psycopg_pool, left to check what it hands out, sleeps a second after the
     # first dead connection: more than this pool's whole timeout.

@@ -82,6 +82,7 @@ def test_a_dozen_threads_share_one_connection_without_errors(database):
     assert results == [25] * 12
 
 
+@pytest.mark.direct_connection
 def test_a_transactions_connection_is_never_handed_to_another_thread(database):
     alias = database(max_size=1, timeout=0.3)
     in_transaction = threading.Event()
