@@ -93,6 +93,7 @@ SESSION_STATE = {
 }
 
 
+@pytest.mark.direct_connection
 @pytest.mark.parametrize("kind", SESSION_STATE)
 def test_session_state_lasts_the_request_and_never_reaches_the_next_borrower(database, kind):
     sql, check, in_request = SESSION_STATE[kind]
@@ -247,6 +248,7 @@ def test_which_statements_leave_session_state(sql, reason):
 # hold_connection() -------------------------------------------------------------------------------
 
 
+@pytest.mark.direct_connection
 def test_hold_connection_keeps_one_session_without_a_transaction(database):
     alias = database(max_size=2)
     with hold_connection(using=alias):
@@ -261,6 +263,7 @@ def test_hold_connection_keeps_one_session_without_a_transaction(database):
     assert not holding(alias)
 
 
+@pytest.mark.direct_connection
 def test_hold_connection_blocks_nest(database):
     alias = database(max_size=1)
     with hold_connection(using=alias):
@@ -272,6 +275,7 @@ def test_hold_connection_blocks_nest(database):
     assert not holding(alias)
 
 
+@pytest.mark.direct_connection
 def test_hold_connection_works_as_a_decorator(database):
     alias = database(max_size=1)
 
@@ -285,6 +289,7 @@ def test_hold_connection_works_as_a_decorator(database):
     assert two_queries()[0] == first
 
 
+@pytest.mark.direct_connection
 def test_session_state_inside_hold_connection_is_reset_when_the_block_ends(database):
     alias = database(max_size=1)
     with hold_connection(using=alias):
@@ -303,6 +308,7 @@ def test_session_state_inside_hold_connection_is_reset_when_the_block_ends(datab
     assert (next_pid, timeout, locks) == (pid, "0", 0)
 
 
+@pytest.mark.direct_connection
 def test_hold_connection_on_the_default_alias(database):
     assert not holding("default")
     with hold_connection():
@@ -313,6 +319,7 @@ def test_hold_connection_on_the_default_alias(database):
 # Reset failures, metrics, diagnostics ---------------------------------------------------------------
 
 
+@pytest.mark.direct_connection
 def test_a_connection_whose_reset_fails_is_thrown_away(database, caplog):
     alias = database(max_size=1)
     run(alias, "SET statement_timeout = '6s'")
@@ -412,6 +419,7 @@ def test_a_cursor_run_right_after_connecting_does_not_release_under_django(datab
     assert not holding(alias)
 
 
+@pytest.mark.direct_connection
 def test_closing_the_pool_closes_a_connection_still_checked_out_when_it_comes_back(database):
     alias = database(max_size=1)
     pid = backend_pid(alias)
