@@ -11,6 +11,7 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -32,8 +33,9 @@ from apps.catalog.models import Product
 from apps.web.unavailable import RETRY_AFTER_SECONDS
 from backends.errors import CONNECTION_LOST, POOL_EXHAUSTED
 from loadtests import site as launcher
+from loadtests.pgbouncer import PgBouncer
 from tests.conftest import POOL, UnsafeTestDatabase, Worker, check_is_test_database
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, database_url_for_tests, free_port
 from tests.test_metrics import every_connection_taken
 from tests.test_shop_support import exports_complete, make_order, make_shop
 
@@ -686,3 +688,45 @@ def test_bad_input_to_every_url_is_never_a_5xx_and_changes_nothing(shop, setting
 
     assert [answer for answer in answers if answer[-1] >= 500] == []
     assert fingerprint() == before
+
+
+# The export behind PgBouncer ------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("pgbouncer") is None, reason="needs a pgbouncer binary")
+def test_exports_stream_whole_behind_pgbouncer_in_transaction_mode(shop, tmp_path):
+    """Its server-side cursor lives in a transaction, which PgBouncer keeps on one server connection."""
+    from apps.orders.export import CHUNK_SIZE
+    from apps.orders.models import Order, OrderLine
+
+    order = Order.objects.create(number="S-BIG", customer=shop.ada, status=Order.Status.PAID)
+    # More lines than one fetch from the cursor: the second fetch is what PgBouncer broke.
+    products = Product.objects.bulk_create(
+        Product(category=shop.books, sku=f"BULK-{i}", name=f"Bulk {i}", price=1, stock=1)
+        for i in range(CHUNK_SIZE + 500)
+    )
+    OrderLine.objects.bulk_create(
+        OrderLine(order=order, product=product, quantity=1, unit_price=product.price) for product in products
+    )
+    connections["default"].close()
+    with PgBouncer(database_url_for_tests(), free_port(), server_connections=2, workdir=tmp_path) as bouncer:
+        site = launcher.Gunicorn(
+            free_port(),
+            tmp_path,
+            {"DATABASE_URL": bouncer.url, "DB_POOL": POOL, "GUNICORN_WORKERS": "1", "GUNICORN_THREADS": "6"},
+        )
+        site.start()
+        try:
+            site.wait_until_ready(60)
+            requests = [("GET", "/orders/export.csv", None), ("GET", "/api/raw/reports/sales/", None)]
+            with Load(site.url, requests, threads=6) as load:
+                time.sleep(3)
+            log = site.log()
+        finally:
+            site.stop()
+
+    exports = [a for a in load.answers if a.path == "/orders/export.csv"]
+    assert len(exports) >= 3
+    assert [a.status for a in exports] == [200] * len(exports)
+    assert all(exports_complete([a.body.decode() for a in exports]))
+    assert "cut short" not in log
