@@ -19,24 +19,22 @@ A class that puts them in another order fails when it is defined.
 
 Release, once per query outside a transaction::
 
-    CountedCursorWrapper.close()
-      -> CheckoutMixin.cursor_closed()          one cursor fewer on this checkout
+    CountedCursorWrapper.close()                 one cursor fewer on this checkout
       -> ConnectionReleaseMixin.release_if_idle()   the rule: no cursor, no transaction, not kept
-      -> CheckoutMixin.release()
-      -> CheckoutMixin._close()                 session reset, if session state was set
-      -> InstrumentedMixin._close()             hold time to the watchers
+      -> CheckoutMixin._close()                  session reset, if session state was set
+      -> InstrumentedMixin._close()              hold time to the watchers
       -> NativePoolMixin._close()  -> psycopg_pool ConnectionPool.putconn()
          QueuePoolMixin._close()   -> QueuePool's proxy .close()
 
-Borrow again, the next query after a release::
+Borrow again, the first cursor after a release::
 
-    BaseDatabaseWrapper._cursor()  (through CheckoutMixin._cursor)
-      -> ensure_connection() -> CheckoutMixin.connect()
-      -> CheckoutMixin.borrow_again()           the wrapper as connect() leaves it (backends.compat)
-      -> InstrumentedMixin.get_new_connection() wait time, PoolExhausted
+    BaseDatabaseWrapper.cursor() -> ConnectionReleaseMixin._cursor()
+      -> CheckoutMixin.borrow_again()            the wrapper as connect() leaves it (backends.compat)
+      -> InstrumentedMixin.get_new_connection()  wait time, PoolExhausted
       -> NativePoolMixin.get_new_connection()  -> ConnectionPool.getconn()
          QueuePoolMixin.get_new_connection()   -> QueuePool.connect()
-      -> connection_created, then begin_checkout()
+      -> autocommit on, connection_created, a new Checkout
+      -> the cursor, as Django's _cursor() makes it once connected
 
 The first connection of a wrapper, and the first after ``close()``, goes
 through Django's whole ``connect()`` instead, with no checkout until it returns.
@@ -63,20 +61,23 @@ logger = logging.getLogger("backends.leaks")
 
 
 class Checkout:
-    """One borrowing of a connection from the pool."""
+    """One borrowing of a connection from the pool.
 
-    __slots__ = ("open_cursors", "opened_at", "pinned", "needs_reset")
+    Made once per query on a release engine, so without an __init__: the class
+    attributes are the starting values, and each instance only stores what
+    changes (saves a call per checkout).
+    """
 
-    def __init__(self) -> None:
-        self.open_cursors = 0
-        # Where each open cursor was created; only filled in when the
-        # DB_LEAK_DIAGNOSTICS setting is on (a stack costs tens of microseconds).
-        self.opened_at: dict[int, str] = {}
-        # Why the connection stays with the wrapper until close() whatever the
-        # release rule says (session state set outside hold_connection()), or None.
-        self.pinned: str | None = None
-        # Session-level SQL ran: reset the connection before the pool has it back.
-        self.needs_reset = False
+    # Cursors opened on this checkout and not closed yet.
+    open_cursors = 0
+    # Where each open cursor was created, by id(): only with the
+    # DB_LEAK_DIAGNOSTICS setting on (a stack costs tens of microseconds).
+    opened_at: dict[int, str] | None = None
+    # Why the connection stays with the wrapper until close() whatever the
+    # release rule says (session state set outside hold_connection()), or None.
+    pinned: str | None = None
+    # Session-level SQL ran: reset the connection before the pool has it back.
+    needs_reset = False
 
 
 class CountedCursorMixin:
@@ -86,11 +87,13 @@ class CountedCursorMixin:
         super().__init__(cursor, db)
         # Cursors made while connect() is still configuring the connection
         # belong to no checkout.
-        self.checkout = db.checkout
-        if self.checkout is not None:
-            self.checkout.open_cursors += 1
+        self.checkout = checkout = db.checkout
+        if checkout is not None:
+            checkout.open_cursors += 1
             if db.trace_cursors:
-                self.checkout.opened_at[id(self)] = "".join(traceback.format_stack(limit=12)[:-2])
+                if checkout.opened_at is None:
+                    checkout.opened_at = {}
+                checkout.opened_at[id(self)] = "".join(traceback.format_stack(limit=12)[:-2])
 
     def close(self) -> None:
         try:
@@ -102,7 +105,8 @@ class CountedCursorMixin:
             # until its owner closes it, which is safe.
             if checkout is not None and self.db.owner_thread == _thread.get_ident():
                 checkout.open_cursors -= 1
-                checkout.opened_at.pop(id(self), None)
+                if checkout.opened_at is not None:
+                    checkout.opened_at.pop(id(self), None)
                 self.db.cursor_closed(checkout)
 
     # No __del__ on purpose: the garbage collector may run in any thread, and
@@ -166,18 +170,21 @@ class CheckoutMixin:
         self.released = False
         self.checkout = None
         compat.reset_state_as_connect_does(self)
-        self.connection = self.get_new_connection(self.checkout_params())
+        # No parameters: the pool layer asks checkout_params() when it needs them.
+        self.connection = self.get_new_connection({})
         try:
             # Returned by a wrapper that had switched autocommit off (the pool
             # rolls back, but leaves the mode): switch it back on. The release
             # engines refuse AUTOCOMMIT=False, so on is what connect() would set.
             self._set_autocommit(True)
             self.autocommit = True
-            connection_created.send(sender=self.__class__, connection=self)
+            if connection_created.receivers:  # what send() looks at first, without the call
+                connection_created.send(sender=self.__class__, connection=self)
         finally:
             # Even if a receiver raised: the connection is the caller's, and its
             # cursors must count, or it would never go back before close().
-            self.begin_checkout()
+            # (begin_checkout(), inlined: once per query.)
+            self.checkout = Checkout()
 
     def begin_checkout(self) -> None:
         """The connection is configured and the caller's from now on."""
@@ -272,7 +279,7 @@ class CheckoutMixin:
         instrumentation.leaked(self, checkout.open_cursors)
         if not self.trace_cursors:
             return
-        stacks = "\n".join(checkout.opened_at.values()) or "(stack not recorded)\n"
+        stacks = "\n".join((checkout.opened_at or {}).values()) or "(stack not recorded)\n"
         logger.warning(
             "Database alias %r held its connection until it was closed because %d cursor(s) "
             "opened on it were never closed. Close cursors (use `with connection.cursor()`) "

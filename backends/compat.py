@@ -11,11 +11,11 @@ one of them that renames or drops something breaks one module, and
 Django (``django.db.backends.base.base`` and ``postgresql.base``):
     ``DatabaseWrapper._connection_pools``   the per-alias psycopg pools, shared by all threads
     ``DatabaseWrapper._configure_connection``  sets the time zone and role on a new connection
+    ``BaseDatabaseWrapper._prepare_cursor``   wraps a new driver cursor (the end of ``_cursor()``)
     the attributes ``BaseDatabaseWrapper.connect()`` resets before connecting
     (``errors_occurred``, ``health_check_done``, ``close_at``, ``run_on_commit``, ...)
 
 psycopg_pool:
-    ``connection._pool``   the pool a checked-out connection came from
     ``ConnectionPool._check``   the check run on each getconn (a constructor argument only)
     ``AttemptWithBackoff.INITIAL_DELAY``, ``DELAY_BACKOFF``   the wait between reconnection
     attempts (class attributes: the same for every pool in the process)
@@ -53,12 +53,13 @@ def reset_state_as_connect_does(wrapper) -> None:
     itself exactly as ``connect()`` would leave it. ``tests/test_compat.py``
     compares the two, attribute by attribute.
     """
-    wrapper.check_settings()
+    settings_dict = wrapper.settings_dict
+    if settings_dict["TIME_ZONE"] is not None:  # all check_settings() checks (a call fewer per checkout)
+        wrapper.check_settings()
     wrapper.in_atomic_block = False
     wrapper.savepoint_ids = []
     wrapper.atomic_blocks = []
     wrapper.needs_rollback = False
-    settings_dict = wrapper.settings_dict
     wrapper.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
     max_age = settings_dict["CONN_MAX_AGE"]
     wrapper.close_at = None if max_age is None else time.monotonic() + max_age
@@ -69,12 +70,15 @@ def reset_state_as_connect_does(wrapper) -> None:
     wrapper.run_on_commit = []
 
 
+def cursor_once_connected(wrapper, name=None):
+    """What ``BaseDatabaseWrapper._cursor()`` does once ``ensure_connection()`` has returned.
+
+    Errors are left to the caller to wrap (``wrapper.wrap_database_errors``).
+    """
+    return wrapper._prepare_cursor(wrapper.create_cursor(name))
+
+
 # psycopg_pool ---------------------------------------------------------------------
-
-
-def pool_of(connection):
-    """The psycopg pool a checked-out connection came from, or None for a connection of no pool."""
-    return getattr(connection, "_pool", None)
 
 
 def replace_pool_check(pool, current, replacement) -> None:
@@ -134,5 +138,17 @@ def queue_pool_defaults() -> dict:
 
 
 def expose_driver_info(queue_pool_connection) -> None:
-    """Let Django read ``connection.info`` (psycopg's) through QueuePool's proxy, as the library does."""
-    queue_pool_connection.info = queue_pool_connection.dbapi_connection.info
+    """Let Django read ``connection.info`` (psycopg's) through QueuePool's proxy, as the library does.
+
+    psycopg builds a new ConnectionInfo at each read of ``info``, a thin view
+    of the connection: one per connection serves every checkout.
+    """
+    driver = queue_pool_connection.dbapi_connection
+    info = getattr(driver, _INFO, None)
+    if info is None:
+        info = driver.info
+        setattr(driver, _INFO, info)
+    queue_pool_connection.info = info
+
+
+_INFO = "_connection_release_info"

@@ -14,7 +14,9 @@ makes it readable. Anything older, or anything unknown, is pinged.
 from __future__ import annotations
 
 import ctypes
+import functools
 import select
+from collections.abc import Callable
 from time import monotonic
 
 # A connection returned less than this many seconds ago skips the ping.
@@ -24,6 +26,7 @@ TRUST_WINDOW_SECONDS = 0.5
 # bookkeeping there: a lookup elsewhere (a weak-keyed mapping) costs more than
 # the rest of the check, and this runs on every checkout.
 _RETURNED_AT = "_connection_release_returned_at"
+_POLL = "_connection_release_poll"
 
 
 def mark_returned(dbapi_connection) -> None:
@@ -39,11 +42,16 @@ def needs_ping(dbapi_connection) -> bool:
     # Recent: trust it unless its socket has something to say. An idle
     # connection has nothing to read; a terminated one has the server's goodbye
     # message or end-of-file waiting.
-    try:
-        fd = dbapi_connection.fileno()
-    except Exception:  # closed or broken: let the ping decide
-        return True
-    return socket_readable(fd)
+    poll = getattr(dbapi_connection, _POLL, None)
+    if poll is None:
+        try:
+            fd = dbapi_connection.fileno()
+        except Exception:  # closed or broken: let the ping decide
+            return True
+        poll = poller(fd)
+        # A connection keeps its socket for life (a closed one never leaves the pool again).
+        setattr(dbapi_connection, _POLL, poll)
+    return poll() != 0
 
 
 class _PollFd(ctypes.Structure):
@@ -61,10 +69,19 @@ except (AttributeError, OSError, TypeError):  # no poll() there (Windows)
     _libc_poll = None
 
 
+def poller(fd: int) -> Callable[[], int]:
+    """A call that answers 0 when socket `fd` has nothing waiting, anything else when it has.
+
+    poll() returns 1 when the socket is readable (data, end-of-file), 0 when
+    not, -1 on an error (a bad descriptor): all but 0 mean "ping it". The
+    structure poll() reads is built once per connection and reused: building
+    it and its pointer cost twice what the call itself does.
+    """
+    if _libc_poll is None:
+        return lambda: len(select.select([fd], [], [], 0)[0])
+    return functools.partial(_libc_poll, ctypes.byref(_PollFd(fd, select.POLLIN | select.POLLPRI, 0)), 1, 0)
+
+
 def socket_readable(fd: int) -> bool:
     """Whether a socket has data or end-of-file waiting (or an error), without blocking."""
-    if _libc_poll is None:
-        return bool(select.select([fd], [], [], 0)[0])
-    # poll() returns 1 when the socket is readable, 0 when not, -1 on an error
-    # (a bad descriptor): all but 0 mean "ping it".
-    return _libc_poll(ctypes.byref(_PollFd(fd, select.POLLIN | select.POLLPRI, 0)), 1, 0) != 0
+    return poller(fd)() != 0

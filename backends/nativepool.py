@@ -11,7 +11,7 @@ from backends import compat, health
 from backends.pool import PoolUsage, require_no_persistent_connections
 
 try:
-    from psycopg_pool import ConnectionPool, PoolTimeout
+    from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImproperlyConfigured("Error loading psycopg_pool. Did you install psycopg[pool]?") from exc
 
@@ -48,6 +48,7 @@ RECONNECT_TIMEOUT_SECONDS = 3600.0
 class NativePoolMixin:
     pool_name = "native"
     pool_timeout_error = PoolTimeout
+    borrowed_from = None  # the pool the connection checked out now came from
 
     def __init__(self, settings_dict, alias="default") -> None:
         super().__init__(settings_dict, alias)
@@ -83,21 +84,29 @@ class NativePoolMixin:
         return pool
 
     def get_new_connection(self, conn_params):
-        pool = self.pool
-        if pool is None:
-            return super().get_new_connection(conn_params)
         started = monotonic()
         isolation_level = self.settings_dict["OPTIONS"].get("isolation_level")
-        if pool.closed or isolation_level is not None:
-            connection = super().get_new_connection(conn_params)
-        else:
-            # The pool is open and no isolation level is to be set on what it
-            # hands out: Django's version would only call pool.open(), which
-            # takes the pool's lock to find it open, before this same getconn().
-            connection = pool.getconn()
+        pool = self.__dict__.get("_open_pool")
+        connection = None
+        if pool is not None and isolation_level is None:
+            # The pool of the last checkout, and no isolation level to set on
+            # what it hands out: Django's version would look the pool up and
+            # call pool.open(), which takes the pool's lock to find it open,
+            # before this same getconn().
+            try:  # noqa: SIM105 - contextlib.suppress() costs two calls per checkout
+                connection = pool.getconn()
+            except PoolClosed:  # closed since (close_pool(), in any thread), or not opened yet
+                pass
+        if connection is None:
+            pool = self.pool
+            if pool is None:  # no pool: Django connects
+                return super().get_new_connection(conn_params or self.checkout_params())
+            connection = super().get_new_connection(conn_params)  # opens the pool, sets the isolation level
+        self.borrowed_from = pool
         if not self.settings_dict["CONN_HEALTH_CHECKS"]:
             return connection
-        while not alive(connection):
+        # alive(), with its common answer first: a call fewer per checkout.
+        while health.needs_ping(connection) and not alive(connection):
             discard(pool, connection)
             # PoolTimeout once the pool's timeout has passed since the first ask.
             connection = pool.getconn(pool.timeout - (monotonic() - started))
@@ -129,16 +138,22 @@ class NativePoolMixin:
     def _close(self) -> None:
         connection = self.connection
         # The pool it came from, as Django's _close() finds it (the pool may
-        # have been replaced since, on a settings change in tests).
-        pool = compat.pool_of(connection)
-        if pool is None:  # not a pooled connection, or nothing to close
+        # have been replaced since, on a settings change in tests); a closed
+        # one closes it.
+        pool = self.borrowed_from
+        if pool is None or connection is None:  # not a pooled connection, or nothing to close
             return super()._close()
+        self.borrowed_from = None
         health.mark_returned(connection)
         # What Django's _close() does with a pooled connection, without
-        # looking the pool up once more; this runs once per query.
-        with self.wrap_database_errors:
+        # looking the pool up once more; this runs once per query, so errors
+        # are wrapped as Django wraps them only when there is one.
+        try:
             pool.putconn(connection)
-            self.connection = None
+        except self.Database.Error:
+            with self.wrap_database_errors:
+                raise
+        self.connection = None
 
     def pool_usage(self) -> PoolUsage:
         pool = compat.native_pools().get(self.alias)  # Django's, shared by every thread

@@ -62,7 +62,11 @@ class PoolMixin(Protocol):
     pool_timeout_error: ClassVar[type[Exception]]  # what the pool raises when none comes free
 
     def checkout_params(self) -> dict:
-        """The argument for get_new_connection() on a checkout after a release (cheap: once per query)."""
+        """What to connect with when borrowing again must create the pool (or connect without one).
+
+        Borrowing again passes no parameters to get_new_connection(): a pool
+        that exists has them.
+        """
 
     def driver_connection(self):
         """The psycopg connection of the connection checked out now."""

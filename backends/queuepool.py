@@ -23,6 +23,8 @@ except ImportError as exc:
 
 # Kept on the psycopg connection, as backends.health keeps its timestamp there.
 _CONFIGURED = "_connection_release_configured"
+# Set on a QueuePool that close_pool() took out of use.
+_DISPOSED = "_connection_release_disposed"
 
 
 class QueuePoolMixin:
@@ -55,7 +57,7 @@ class QueuePoolMixin:
 
     def __init__(self, settings_dict, alias="default") -> None:
         super().__init__(settings_dict, alias)
-        self.borrowed_from = None  # the QueuePool the connection checked out now came from
+        self.borrowed_from = None  # the QueuePool of the connection checked out now, or of the last one
         if alias == NO_DB_ALIAS:
             return
         require_no_persistent_connections(settings_dict, alias)
@@ -67,11 +69,13 @@ class QueuePoolMixin:
             )
 
     def get_new_connection(self, conn_params):
-        pool = self.queue_pool
+        pool = self.borrowed_from
+        if pool is None or getattr(pool, _DISPOSED, False):
+            pool = self.queue_pool
         if pool is None:
             # The first checkout, or the first since close_pool():
             # django-db-connection-pool creates the pool.
-            connection = super().get_new_connection(conn_params)
+            connection = super().get_new_connection(conn_params or self.checkout_params())
             pool = self.queue_pool
         else:
             # django-db-connection-pool would take its process-wide lock only to
@@ -80,7 +84,9 @@ class QueuePoolMixin:
             compat.expose_driver_info(connection)
         # Whichever way it came: a released wrapper borrows again without
         # init_connection_state(), so this is where a new connection is configured.
-        self.configure_once(connection)
+        if not getattr(connection.dbapi_connection, _CONFIGURED, False):
+            self.configure_once(connection)
+        # Kept after the connection goes back: the next checkout asks the same pool.
         self.borrowed_from = pool
         return connection
 
@@ -93,8 +99,6 @@ class QueuePoolMixin:
         this, QueuePool does not, so each connection is marked once done.
         """
         dbapi_connection = connection.dbapi_connection
-        if getattr(dbapi_connection, _CONFIGURED, False):
-            return
         if compat.configure_connection(self, connection) and not dbapi_connection.autocommit:
             dbapi_connection.commit()
         setattr(dbapi_connection, _CONFIGURED, True)
@@ -132,7 +136,7 @@ class QueuePoolMixin:
             with self.wrap_database_errors:
                 self.discard_connection()
             return
-        if self.borrowed_from is not self.queue_pool:
+        if getattr(self.borrowed_from, _DISPOSED, False):
             # Its pool was closed (close_pool()) while this was out. QueuePool
             # would take it back into the discarded pool, where it would stay
             # open until garbage-collected: close it now.
@@ -141,9 +145,13 @@ class QueuePoolMixin:
             health.mark_returned(dbapi_connection)
         # What Django's _close() does with a connection it does not pool
         # itself, without first asking for its own (absent) pool; closing
-        # QueuePool's proxy gives the connection back to QueuePool.
-        with self.wrap_database_errors:
+        # QueuePool's proxy gives the connection back to QueuePool. Errors
+        # are wrapped as Django wraps them, only when there is one.
+        try:
             connection.close()
+        except self.Database.Error:
+            with self.wrap_database_errors:
+                raise
 
     @property
     def queue_pool(self):
@@ -170,6 +178,7 @@ class QueuePoolMixin:
         self.__dict__.pop("_checkout_params", None)
         pool = compat.drop_queue_pool(self.alias)
         if pool is not None:
+            setattr(pool, _DISPOSED, True)
             pool.dispose()
 
 

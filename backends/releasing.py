@@ -27,7 +27,7 @@ import _thread
 from django.core.exceptions import ImproperlyConfigured
 from psycopg.pq import TransactionStatus
 
-from backends import instrumentation
+from backends import compat, instrumentation
 from backends.checkout import Checkout, CheckoutMixin, CountedCursorDebugWrapper, CountedCursorWrapper
 from backends.operations import RetryReadsOperations
 from backends.session import HOLD_CONNECTION, SessionStateCursorMixin
@@ -70,10 +70,25 @@ class ConnectionReleaseMixin(CheckoutMixin):
     def _cursor(self, name=None):
         if self.connection is not None:
             return super()._cursor(name)
-        # Between connecting and making its cursor, Django may run code that
-        # opens and closes a cursor of its own (setup SQL right after connecting,
-        # in an overridden ensure_connection()): that must not give the
-        # connection back under Django, which is about to use it.
+        if self.released:
+            # The first cursor after a release, once per query: borrow and make
+            # the cursor here. Django's _cursor() would check the health flags
+            # and call ensure_connection() (which finds connect() to call),
+            # each in its own error translation; after a release,
+            # borrow_again() sets every flag they read, and errors are
+            # translated the same way, when there are some. Saves about 4,000
+            # instructions per checkout (make instructions).
+            try:
+                self.borrow_again()
+                return compat.cursor_once_connected(self, name)
+            except self.Database.Error:
+                with self.wrap_database_errors:
+                    raise
+        # Connecting through Django: between connecting and making its cursor,
+        # Django may run code that opens and closes a cursor of its own (setup
+        # SQL right after connecting, in an overridden ensure_connection()):
+        # that must not give the connection back under Django, which is about
+        # to use it.
         self.opening_cursor = True
         try:
             return super()._cursor(name)
@@ -89,10 +104,6 @@ class ConnectionReleaseMixin(CheckoutMixin):
         super().unhold()
         if not self.holds:
             self.release_if_idle(self.checkout)
-
-    def cursor_closed(self, checkout: Checkout) -> None:
-        super().cursor_closed(checkout)
-        self.release_if_idle(checkout)
 
     def set_autocommit(self, autocommit, *args, **kwargs):
         try:
@@ -133,4 +144,15 @@ class ConnectionReleaseMixin(CheckoutMixin):
             # through connection.info, which builds an enum on every read.
             and self.connection.pgconn.transaction_status not in OPEN_TRANSACTION
         ):
-            self.release()
+            # Give the connection back: close() without what only matters
+            # mid-transaction. The wrapper stays as connect() left it, less
+            # the connection, until borrow_again().
+            try:
+                self._close()
+            finally:
+                self.connection = None
+            self.released = True
+
+    # A cursor of `checkout` closed: give the connection back if nothing needs it.
+    # (CheckoutMixin's is empty; named directly, one call fewer per query.)
+    cursor_closed = release_if_idle

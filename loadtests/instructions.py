@@ -14,6 +14,12 @@ loop's length:
 * the pool library alone: N bare checkouts and returns on a plain pool of the
   same library, without Django, against none: the floor under any engine.
 
+With --orm, two more pairs put a checkout in the context of an ORM query
+(``Permission.objects.select_related("content_type")``, a 470-character
+statement): N such queries on the release engine against none, the ORM path per
+checkout; and the same N queries against N on cursors that do not look for
+session-level SQL (``backends.session``), what that look costs on the ORM path.
+
 Needs valgrind (Debian's package); takes under a minute.
 """
 
@@ -33,8 +39,12 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 WARMUP = 50
 
 # What a counted run does in its loop; runs are compared in these pairs.
-LOOPS = ("request", "cursor", "plain", "none")
+LOOPS = ("request", "cursor", "plain", "none", "orm", "orm_undetected")
 PAIRS = {"engine": ("cursor", "request"), "pool library alone": ("plain", "none")}
+ORM_PAIRS = {
+    "ORM query with its checkout": ("orm", "none"),
+    "session-state detection on that ORM query": ("orm", "orm_undetected"),
+}
 
 
 def count_in_child(loop: str, pool: str, checkouts: int, metrics: bool) -> None:
@@ -53,18 +63,31 @@ def count_in_child(loop: str, pool: str, checkouts: int, metrics: bool) -> None:
     # pair and not in the other.
     health.TRUST_WINDOW_SECONDS = float("inf")
 
+    from django.contrib.auth.models import Permission
+
+    from backends.checkout import CountedCursorDebugWrapper, CountedCursorWrapper
+
     aliases = {release: add_database(f"count_{release}", release, pool) for release in ("request", "cursor")}
     plain_checkout, close_plain_pool = plain_pool(pool, connections["default"].get_connection_params())
+    undetected = connections[add_database("count_undetected", "cursor", pool)]
+    # The release engine with the baseline's cursors: counted, but blind to session-level SQL.
+    undetected.cursor_wrapper_class = CountedCursorWrapper
+    undetected.debug_cursor_wrapper_class = CountedCursorDebugWrapper
 
     def empty_cursor(alias: str) -> None:
         with connections[alias].cursor():
             pass
+
+    def orm_query(alias: str) -> None:
+        list(Permission.objects.using(alias).select_related("content_type").filter(codename="none"))
 
     steps = {
         "request": lambda: empty_cursor(aliases["request"]),
         "cursor": lambda: empty_cursor(aliases["cursor"]),
         "plain": plain_checkout,
         "none": lambda: None,  # the loop itself, charged to neither side
+        "orm": lambda: orm_query(aliases["cursor"]),
+        "orm_undetected": lambda: orm_query(undetected.alias),
     }
     with nullcontext() if metrics else instrumentation.unwatched():
         for _ in range(WARMUP):
@@ -118,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", choices=("native", "dj_db_conn_pool"), default="native")
     parser.add_argument("--checkouts", type=int, default=400, help="checkouts counted per run (default 400)")
     parser.add_argument("--metrics", action="store_true", help="with the sample site's Prometheus metrics")
+    parser.add_argument("--orm", action="store_true", help="also the ORM path, and session detection")
     parser.add_argument("--child", choices=LOOPS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.checkouts < 1:
@@ -141,6 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         if name == "engine" and args.metrics:
             name = "engine, with the sample site's metrics"
         print(f"{args.pool}, {name}: {per_checkout:,.0f} instructions per checkout and return", flush=True)
+    if args.orm:
+        figures = {
+            name: instructions_per_checkout(valgrind, pair, args.pool, args.checkouts, args.metrics)
+            for name, pair in ORM_PAIRS.items()
+        }
+        for name, per_query in figures.items():
+            print(f"{args.pool}, {name}: {per_query:,.0f} instructions per query", flush=True)
+        share = next(reversed(figures.values())) / next(iter(figures.values()))
+        print(f"{args.pool}, session-state detection: {share:+.2%} of the ORM path per checkout", flush=True)
     return 0
 
 

@@ -117,6 +117,13 @@ def test_django_still_has_the_hooks_the_engines_override():
     assert callable(postgresql.DatabaseWrapper.check_settings)
 
 
+def test_djangos_cursor_ends_as_the_engines_borrowing_again_ends_it():
+    """After a release the engines make the cursor as _cursor() does once connected."""
+    source = inspect.getsource(BaseDatabaseWrapper._cursor)
+    assert "self.ensure_connection()" in source
+    assert "return self._prepare_cursor(self.create_cursor(name))" in source
+
+
 def test_django_keeps_its_pools_where_compat_reads_them():
     assert compat.native_pools() is postgresql.DatabaseWrapper._connection_pools
     assert isinstance(compat.native_pools(), dict)
@@ -173,15 +180,6 @@ def test_borrowing_again_leaves_the_wrapper_as_a_full_connect_does(database):
 
 
 # psycopg_pool ----------------------------------------------------------------------------------
-
-
-@native_only
-def test_a_checked_out_connection_names_its_pool(database):
-    alias = database()
-    wrapper = connections[alias]
-    wrapper.ensure_connection()
-    assert compat.pool_of(wrapper.connection) is wrapper.pool
-    assert compat.pool_of(object()) is None
 
 
 def test_the_check_psycopg_pool_runs_on_getconn_can_be_replaced(database):

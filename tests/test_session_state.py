@@ -398,7 +398,7 @@ def test_the_configured_time_zone_survives_a_recreated_pool(database):
 def test_a_cursor_run_right_after_connecting_does_not_release_under_django(database):
     """An extension that runs setup SQL in ensure_connection(), outside connection_created."""
     alias = database(max_size=1)
-    Group.objects.using(alias).create(name="listed")
+    Group.objects.create(name="listed")  # on "default": the wrapper of `alias` connects below, first time
     wrapper = connections[alias]
     real_ensure_connection = wrapper.ensure_connection
     setup_queries = []
