@@ -17,18 +17,21 @@ Django (``django.db.backends.base.base`` and ``postgresql.base``):
 
 psycopg_pool:
     ``ConnectionPool._check``   the check run on each getconn (a constructor argument only)
+    ``ConnectionPool._pool`` and ``_lock``   the idle connections, taken oldest first
     ``AttemptWithBackoff.INITIAL_DELAY``, ``DELAY_BACKOFF``   the wait between reconnection
     attempts (class attributes: the same for every pool in the process)
 
 django-db-connection-pool:
     ``dj_db_conn_pool.core.pool_container`` and its ``lock``: the per-alias QueuePools
     ``PGDatabaseWrapperMixin.SQLAlchemyDialect``: the dialect its QueuePools are given
+    QueuePool's ``_pool.use_lifo``, a constructor argument the library does not pass on
     ``connection.info = driver_connection.info``: how it lets Django read psycopg's info
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
 
@@ -91,6 +94,29 @@ def pool_check(pool):
     return pool._check
 
 
+class _NewestFirst(deque):
+    """psycopg_pool's idle connections; it takes the next with popleft(): here, the newest."""
+
+    popleft = deque.pop
+
+
+def hand_out_newest_first(pool) -> None:
+    """Make a psycopg pool hand out its most recently returned idle connection (LIFO), not its oldest.
+
+    psycopg_pool keeps its idle connections in a deque, appends what comes back
+    and takes from the left. Its shrinking after ``max_idle`` also takes from
+    the left, so it now closes the newest idle connection rather than the
+    oldest: one less all the same.
+    """
+    with pool._lock:
+        if type(pool._pool) is not _NewestFirst:
+            pool._pool = _NewestFirst(pool._pool)
+
+
+def hands_out_newest_first(pool) -> bool:
+    return type(pool._pool) is _NewestFirst
+
+
 def reconnect_every(seconds: float) -> None:
     """Have psycopg_pool wait `seconds` (give or take a tenth) between attempts to reconnect, however many.
 
@@ -130,6 +156,15 @@ def drop_queue_pool(alias: str):
     """Take `alias`'s QueuePool out of django-db-connection-pool's container; return it (or None)."""
     with pool_container.lock:
         return pool_container.pop(alias, None)
+
+
+def hand_out_newest_first_from_queue_pool(pool) -> None:
+    """QueuePool's ``use_lifo``, which django-db-connection-pool does not pass on from POOL_OPTIONS."""
+    pool._pool.use_lifo = True
+
+
+def queue_pool_hands_out_newest_first(pool) -> bool:
+    return pool._pool.use_lifo
 
 
 def queue_pool_defaults() -> dict:

@@ -18,8 +18,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 def alive(conn) -> bool:
     """Whether a connection the pool handed out can be used: pinged only when it may be dead."""
-    if not health.needs_ping(conn):
-        return True
+    return not health.needs_ping(conn) or answers_ping(conn)
+
+
+def answers_ping(conn) -> bool:
     try:
         ConnectionPool.check_connection(conn)
     except Exception:
@@ -79,6 +81,13 @@ class NativePoolMixin:
                 # next one, with the caller waiting: the engine checks what the
                 # pool hands out itself (alive()), and takes the next at once.
                 compat.replace_pool_check(pool, ConnectionPool.check_connection, None)
+                # The most recently returned connection first: with one checkout
+                # per query, oldest-first cycles through every connection, so
+                # each one waits past the checkout check's trust window and is
+                # pinged, and none stays idle long enough for max_idle to close
+                # it (8 users: 0.83 pings per checkout and 8 connections in use,
+                # against 0.03 and 2; backends/README.md).
+                compat.hand_out_newest_first(pool)
                 compat.reconnect_every(RECONNECT_EVERY_SECONDS)
                 self._open_pool = pool
         return pool
@@ -105,8 +114,8 @@ class NativePoolMixin:
         self.borrowed_from = pool
         if not self.settings_dict["CONN_HEALTH_CHECKS"]:
             return connection
-        # alive(), with its common answer first: a call fewer per checkout.
-        while health.needs_ping(connection) and not alive(connection):
+        # alive(), written out: a call fewer per checkout.
+        while health.needs_ping(connection) and not answers_ping(connection):
             discard(pool, connection)
             # PoolTimeout once the pool's timeout has passed since the first ask.
             connection = pool.getconn(pool.timeout - (monotonic() - started))

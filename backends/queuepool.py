@@ -77,6 +77,10 @@ class QueuePoolMixin:
             # django-db-connection-pool creates the pool.
             connection = super().get_new_connection(conn_params or self.checkout_params())
             pool = self.queue_pool
+            # The most recently returned connection first, as on the native pool
+            # (8 users: 0.79 pings per checkout and 8 connections in use, against
+            # 0.07 and 3; backends/README.md).
+            compat.hand_out_newest_first_from_queue_pool(pool)
         else:
             # django-db-connection-pool would take its process-wide lock only to
             # find the pool there, then do exactly this.

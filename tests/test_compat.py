@@ -201,6 +201,17 @@ def test_the_check_psycopg_pool_runs_on_getconn_can_be_replaced(database):
         pool.close()
 
 
+@native_only
+def test_psycopg_pool_keeps_its_idle_connections_where_compat_reorders_them(database):
+    alias = database(max_size=2)
+    backend_pid(alias)
+    pool = connections[alias].pool
+    assert compat.hands_out_newest_first(pool)
+    compat.hand_out_newest_first(pool)  # twice is once
+    assert len(pool._pool) == 1 and compat.hands_out_newest_first(pool)
+    assert "self._pool.popleft()" in inspect.getsource(type(pool)._get_ready_connection)
+
+
 # django-db-connection-pool ----------------------------------------------------------------------
 
 
@@ -215,6 +226,7 @@ def test_django_db_connection_pools_container_is_where_compat_reads_it(database)
     assert isinstance(pool, QueuePool)
     assert {"pool_size", "max_overflow"} <= set(compat.queue_pool_defaults())
 
+    assert compat.queue_pool_hands_out_newest_first(pool)
     assert compat.drop_queue_pool(alias) is pool
     assert compat.queue_pool(alias) is None
     assert compat.drop_queue_pool(alias) is None

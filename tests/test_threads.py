@@ -116,3 +116,28 @@ def test_a_transactions_connection_is_never_handed_to_another_thread(database):
     check = Worker(lambda: Group.objects.using(alias).filter(name="uncommitted").exists())
     check.start()
     assert check.finish() is True
+
+
+def test_the_pool_hands_out_the_connection_given_back_last(database):
+    """Newest first: a few connections stay busy and trusted, the rest idle where max_idle closes them."""
+    alias = database(max_size=2, timeout=5.0)
+    holding_one, give_back = threading.Event(), threading.Event()
+
+    def hold_then_give_back() -> int:
+        with transaction.atomic(using=alias):
+            pid = backend_pid(alias)
+            holding_one.set()
+            give_back.wait(IDLE_WAIT)
+        return pid
+
+    other = Worker(hold_then_give_back, "other")
+    other.start()
+    assert holding_one.wait(IDLE_WAIT)
+    with transaction.atomic(using=alias):
+        given_back_first = backend_pid(alias)
+    give_back.set()
+    given_back_last = other.finish()
+    assert other.error is None
+    assert given_back_first != given_back_last
+
+    assert backend_pid(alias) == given_back_last
