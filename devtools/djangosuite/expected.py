@@ -140,6 +140,35 @@ DIFFERENCES: tuple[Difference, ...] = (
         ),
         reason="stock django-db-connection-pool fails it too (its own wrapper, repr and cursors)",
     ),
+    Difference(
+        tests=("backends.postgresql.tests.Tests.test_connect_custom_cursor_factory",),
+        engines=(RELEASE_QUEUEPOOL,),
+        error=r"cursor_factory|<class 'django\.db\.backends\.postgresql\.base\.Cursor'> !=",
+        reason="stock django-db-connection-pool fails it too once a pooled connection exists: it keeps "
+        "the cursor factory it was made with",
+        strict=False,  # passes when the pool is still empty, so it depends on the order of the tests
+    ),
+    # -- Open bugs of the engines: listed so that the run shows anything new; remove when fixed --
+    Difference(
+        tests=("backends.postgresql.tests.Tests.test_connect_pool",),
+        engines=(RELEASE,),
+        error=r"PoolExhausted",
+        reason="OPEN BUG: the native engine's PoolExhausted is not a psycopg_pool.PoolTimeout, so code "
+        "that catches PoolTimeout no longer catches it",
+    ),
+    Difference(
+        tests=("backends.postgresql.tests.Tests.test_connect_role",),
+        engines=(RELEASE_QUEUEPOOL,),
+        error=r"QueuePool limit of size",
+        reason="OPEN BUG: with a ROLE, configuring a new QueuePool connection opens a cursor on the "
+        "wrapper (compose_sql), which borrows a second connection while the first is being set up",
+    ),
+    Difference(
+        tests=("backends.postgresql.tests.Tests.test_connect_pool_with_timezone",),
+        engines=(RELEASE_QUEUEPOOL,),
+        error=r"'Africa/Nairobi' != 'America/Chicago'",
+        reason="OPEN BUG: a connection configured before a TIME_ZONE change is handed out after it",
+    ),
 )
 
 
