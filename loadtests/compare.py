@@ -207,6 +207,8 @@ def fold(args, runs: list[Run], results_by_run: dict[Run, dict]) -> dict:
             for (name, size), figures in combined.items():
                 if size is not None:
                     sweep.setdefault(name, {})[str(size)] = figures
+            if not sweep:
+                continue  # not started yet
             out.setdefault("sweep", {})[scenario] = sweep
             chosen = str(args.pool_size if args.pool_size in args.pool_sizes else args.pool_sizes[0])
             sides_of = {name: sizes[chosen] for name, sizes in sweep.items() if chosen in sizes}

@@ -197,7 +197,8 @@ def per_round(sides: dict) -> str:
     base, rel = (sides.get("baseline") or {}).get("rounds"), (sides.get("release") or {}).get("rounds")
     if not base or not rel:
         return ""
-    ratios = ", ".join(ratio(r["rps"], b["rps"]) or "n/a" for b, r in zip(base, rel, strict=True))
+    # zip() stops at the shorter: while a run is under way, one side may have a round more.
+    ratios = ", ".join(ratio(r["rps"], b["rps"]) or "n/a" for b, r in zip(base, rel))  # noqa: B905
     return f" Per round, release ÷ baseline: {ratios}."
 
 
