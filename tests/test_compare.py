@@ -424,3 +424,21 @@ def test_rounds_below_one_are_refused():
 
     with pytest.raises(SystemExit):
         parse_args(["--rounds", "0"])
+
+
+def test_a_report_written_mid_sweep_leaves_out_what_has_not_run(tmp_path):
+    from loadtests import report
+    from loadtests.arguments import parse_args
+    from loadtests.compare import fold, plan
+
+    args = parse_args(
+        ["--scenarios", "raw,orm", "--pool-sizes", "1,2", "--threads", "2", "--out", str(tmp_path)]
+    )
+    runs = plan(args)
+    done = {run: {**a_run(10.0 * run.side.pool_size), "pool_size": run.side.pool_size} for run in runs[:3]}
+    machine = {"cpu": "test", "cores": 2, "python": "3", "django": "5", "commit": "abc"}
+    config = {**vars(args), "latency_ceiling_rps": 40.0, "out": str(tmp_path), "machine": machine}
+    results = {"config": config, "notes": [], **fold(args, runs, done)}
+    assert list(results["sweep"]) == ["raw"]  # orm has not started
+    report.write(results, tmp_path)
+    assert (tmp_path / "sweep.png").stat().st_size > 0
