@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
+from psycopg import IsolationLevel
 from psycopg.pq import TransactionStatus
 
 from backends import compat, health
@@ -21,7 +22,8 @@ except ImportError as exc:
     ) from exc
 
 
-# Kept on the psycopg connection, as backends.health keeps its timestamp there.
+# Kept on the psycopg connection, as backends.health keeps its timestamp there:
+# the time zone it was configured for.
 _CONFIGURED = "_connection_release_configured"
 # Set on a QueuePool that close_pool() took out of use.
 _DISPOSED = "_connection_release_disposed"
@@ -69,6 +71,12 @@ class QueuePoolMixin:
             )
 
     def get_new_connection(self, conn_params):
+        isolation_level = self.settings_dict["OPTIONS"].get("isolation_level")
+        if isolation_level is not None:
+            # Django checks the option when it connects, which QueuePool does
+            # only to open a new connection: check it before every checkout. A
+            # pooled connection keeps the level it was opened with.
+            self.isolation_level = valid_isolation_level(isolation_level)
         pool = self.borrowed_from
         if pool is None or getattr(pool, _DISPOSED, False):
             pool = self.queue_pool
@@ -88,7 +96,7 @@ class QueuePoolMixin:
             compat.expose_driver_info(connection)
         # Whichever way it came: a released wrapper borrows again without
         # init_connection_state(), so this is where a new connection is configured.
-        if not getattr(connection.dbapi_connection, _CONFIGURED, False):
+        if getattr(connection.dbapi_connection, _CONFIGURED, None) != self.timezone_name:
             self.configure_once(connection)
         # Kept after the connection goes back: the next checkout asks the same pool.
         self.borrowed_from = pool
@@ -100,12 +108,23 @@ class QueuePoolMixin:
         Django sets them in connect() (init_connection_state()), which a
         release engine runs only for a thread's first checkout; QueuePool opens
         its connections without them. psycopg_pool has a ``configure`` hook for
-        this, QueuePool does not, so each connection is marked once done.
+        this, QueuePool does not, so each connection is marked with the time
+        zone it got (the TIME_ZONE setting may change, in tests). A connection
+        that cannot be configured is thrown away.
         """
         dbapi_connection = connection.dbapi_connection
-        if compat.configure_connection(self, connection) and not dbapi_connection.autocommit:
-            dbapi_connection.commit()
-        setattr(dbapi_connection, _CONFIGURED, True)
+        # With a role, Django composes its SET ROLE with a cursor of the
+        # wrapper: that cursor must use this connection, not borrow another.
+        previous, self.connection = self.connection, connection
+        try:
+            if compat.configure_connection(self, connection) and not dbapi_connection.autocommit:
+                dbapi_connection.commit()
+        except BaseException:
+            connection.invalidate()
+            raise
+        finally:
+            self.connection = previous
+        setattr(dbapi_connection, _CONFIGURED, self.timezone_name)
 
     def checkout_params(self) -> dict:
         """Parameters for get_new_connection(), which creates the pool with them if it is missing."""
@@ -184,6 +203,17 @@ class QueuePoolMixin:
         if pool is not None:
             setattr(pool, _DISPOSED, True)
             pool.dispose()
+
+
+def valid_isolation_level(value) -> IsolationLevel:
+    """OPTIONS["isolation_level"] as psycopg's IsolationLevel, refused as Django refuses it."""
+    try:
+        return IsolationLevel(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"Invalid transaction isolation level {value} specified. Use one of the "
+            "psycopg.IsolationLevel values."
+        ) from None
 
 
 __all__ = ["PooledDatabaseWrapper", "QueuePoolMixin"]

@@ -121,7 +121,14 @@ def run_locust(url: str, load: Load, name: str) -> dict:
         raise StartError(f"locust failed ({result.returncode}):\n{result.stderr[-2000:]}")
     with open(f"{prefix}_stats.csv", newline="") as f:
         rows = {row["Name"]: row for row in csv.DictReader(f)}
-    return rows["Aggregated"]
+    aggregated = rows["Aggregated"]
+    if int(aggregated["Request Count"]) == 0:
+        # Locust writes "N/A" for the percentiles of no requests: nothing to report.
+        raise StartError(
+            f"locust sent no request to {url} in {load.duration} s (see {prefix}.html):\n"
+            f"{result.stderr[-2000:]}"
+        )
+    return aggregated
 
 
 def measure_side(
