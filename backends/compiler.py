@@ -26,6 +26,10 @@ through here. A query is run again, once, when all of these hold:
   and no session state (``SET``, advisory locks, temporary tables) that a fresh
   connection would lack.
 
+The connection the retry borrows is pinged first, as is every connection given
+back before the failure (``backends.health.distrust_returned_connections``):
+whatever killed one connection may have killed the idle ones with it.
+
 Each retry is counted (``CheckoutWatcher.query_retried``, the
 ``db_query_retries_total`` metric). A retry that fails too raises its own error.
 """
@@ -35,7 +39,7 @@ from __future__ import annotations
 from django.db.backends.postgresql import compiler
 from django.db.models.sql.constants import MULTI
 
-from backends import instrumentation
+from backends import health, instrumentation
 from backends.errors import is_connection_error
 
 __all__ = [
@@ -56,6 +60,9 @@ class RetryReadsMixin:
         except Exception as exc:
             if not self.may_run_again(exc):
                 raise
+        # Whatever broke this connection (a restart, a mass kill) may be breaking the
+        # idle ones too, faster than their sockets tell: the retry's is pinged first.
+        health.distrust_returned_connections()
         instrumentation.query_retried(self.connection)
         return super().execute_sql(result_type, *args, **kwargs)
 

@@ -9,6 +9,11 @@ So, like mature pools (HikariCP's ``aliveBypassWindowMs``), trust a connection
 that went back to the pool moments ago, unless its socket already has something
 to say: a server that ends a session sends an error and closes the socket, which
 makes it readable. Anything older, or anything unknown, is pinged.
+
+A connection that broke under a query is a sign that others may be breaking
+too (a restart, a mass ``pg_terminate_backend``), more slowly than their sockets
+show it: ``distrust_returned_connections()`` makes every connection given back
+before that moment pass the ping, in this process.
 """
 
 from __future__ import annotations
@@ -29,6 +34,16 @@ _RETURNED_AT = "_connection_release_returned_at"
 _POLL = "_connection_release_poll"
 
 
+# Connections given back before this time.monotonic() are pinged whatever their age.
+_distrusted_before = 0.0
+
+
+def distrust_returned_connections() -> None:
+    """Ping every connection given back until now before it is used again (a connection broke)."""
+    global _distrusted_before
+    _distrusted_before = monotonic()
+
+
 def mark_returned(dbapi_connection) -> None:
     """Note that a driver connection is going back to its pool now."""
     setattr(dbapi_connection, _RETURNED_AT, monotonic())
@@ -37,7 +52,11 @@ def mark_returned(dbapi_connection) -> None:
 def needs_ping(dbapi_connection) -> bool:
     """Whether a connection taken from the pool should be pinged before use."""
     returned_at = getattr(dbapi_connection, _RETURNED_AT, None)
-    if returned_at is None or monotonic() - returned_at > TRUST_WINDOW_SECONDS:
+    if (
+        returned_at is None
+        or returned_at < _distrusted_before
+        or monotonic() - returned_at > TRUST_WINDOW_SECONDS
+    ):
         return True
     # Recent: trust it unless its socket has something to say. An idle
     # connection has nothing to read; a terminated one has the server's goodbye

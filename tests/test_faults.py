@@ -440,12 +440,6 @@ def kill_site_sessions_until(stop: threading.Event, every: float) -> int:
     return killed
 
 
-ORM_READ_NOT_ALWAYS_RETRIED = (
-    "Now and then an ORM read whose session is killed under it still answers 503 on the release "
-    "engines (backends/compiler.py does not run it again)"
-)
-
-
 @pytest.mark.direct_connection
 @pytest.mark.skipif(
     settings.DB_RELEASE != "cursor", reason="the release engines retry reads, stock Django not"
@@ -492,9 +486,6 @@ def test_killed_sessions_cost_orm_reads_nothing_and_cut_requests_a_503(killing_s
     assert_log_is_clean(killing_site.output())
     if settings.DB_RELEASE == "cursor":
         failed_reads = [(a.path, a.status, a.body[:200]) for a in load.by_path(orm_reads) if a.status != 200]
-        if failed_reads:
-            # Everything above holds; this one does not yet, about one run in three.
-            pytest.xfail(f"{ORM_READ_NOT_ALWAYS_RETRIED}: {failed_reads}")
         assert failed_reads == []
 
 

@@ -15,7 +15,7 @@ from django.db.utils import load_backend
 from prometheus_client import REGISTRY
 from psycopg_pool.base import AttemptWithBackoff
 
-from backends import compat
+from backends import compat, health
 from backends.errors import (
     CONNECTION_LOST,
     DATABASE_UNREACHABLE,
@@ -447,6 +447,22 @@ def test_dead_idle_connections_are_passed_over_without_waiting(database):
     assert Group.objects.using(alias).count() == 0  # no PoolExhausted
     assert backend_pid(alias) not in dead
     assert retries(alias) == before  # caught at checkout, before any query ran on them
+
+
+def test_after_a_connection_broke_the_connections_given_back_before_are_pinged(database):
+    # A mass kill reaches idle connections a moment after it broke a query:
+    # their sockets may not say so yet, and a recent one would skip its ping.
+    alias = database(release="cursor")
+    with hold_connection(alias):
+        driver = connections[alias].driver_connection()
+    assert connections[alias].connection is None  # given back
+    assert not health.needs_ping(driver)  # just now, and nothing waits on its socket
+
+    health.distrust_returned_connections()
+    assert health.needs_ping(driver)
+
+    health.mark_returned(driver)  # given back since: trusted again
+    assert not health.needs_ping(driver)
 
 
 # Reconnecting after an outage ---------------------------------------------------------
