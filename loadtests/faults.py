@@ -15,8 +15,8 @@ Every response is logged; the table gives, per engine and fault: responses, 500s
 503s, other failures (no answer, other statuses), the 99th percentile, ORM reads
 retried (db_query_retries_total), and for an outage the time to recover: from the
 moment PostgreSQL accepts connections again to the end of the last failed response.
-The machine runs the load, the site and PostgreSQL together: wrap the command in
-`flock /tmp/bench.lock` and compare figures from the same machine only.
+The machine runs the load, the site and PostgreSQL together: run nothing else
+meanwhile, and compare figures from the same machine only.
 """
 
 from __future__ import annotations
