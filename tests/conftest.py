@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from django.conf import settings
-from django.db import connections
+from django.db import connections, transaction
 from django.db.backends.base.base import NO_DB_ALIAS
 
 from backends.pool import PoolUsage
@@ -185,6 +186,30 @@ class Worker(threading.Thread):
         self.join(timeout)
         assert not self.is_alive(), f"{self.name} did not finish in {timeout}s"
         return self.result
+
+
+@contextmanager
+def connection_held_in_another_thread(alias: str) -> Iterator[None]:
+    """Another thread holds one connection of `alias` (inside a transaction) for the block."""
+    from django.contrib.auth.models import Group
+
+    taken, done = threading.Event(), threading.Event()
+
+    def hold_one() -> None:
+        with transaction.atomic(using=alias):
+            Group.objects.using(alias).count()
+            taken.set()
+            done.wait(10)
+
+    other = Worker(hold_one, "holder")
+    other.start()
+    assert taken.wait(10)
+    try:
+        yield
+    finally:
+        done.set()
+        other.finish()
+    assert other.error is None
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,7 +16,7 @@ from django.db.backends.signals import connection_created
 from psycopg import IsolationLevel
 
 from backends import health
-from tests.conftest import Worker, backend_pid, holding, usage
+from tests.conftest import Worker, backend_pid, connection_held_in_another_thread, holding, usage
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -465,24 +464,9 @@ def terminate(pid: int) -> None:
 def first_connection_held_elsewhere(alias: str) -> Iterator[None]:
     """Another thread holds the pool's first connection: this thread's next checkout gets a new one."""
     Group.objects.using(alias).count()  # the first checkout, which opens the pool
-    taken, done = threading.Event(), threading.Event()
-
-    def hold_one() -> None:
-        with transaction.atomic(using=alias):
-            Group.objects.using(alias).count()
-            taken.set()
-            done.wait(10)
-
-    other = Worker(hold_one)
-    other.start()
-    assert taken.wait(10)
-    try:
+    with connection_held_in_another_thread(alias):
         yield
         assert usage(alias).size == 2, "the checkout above got a connection made after the pool opened"
-    finally:
-        done.set()
-        other.finish()
-    assert other.error is None
 
 
 def test_every_connection_the_pool_hands_out_has_the_configured_isolation_level(database):

@@ -27,7 +27,7 @@ from backends.nativepool import RECONNECT_EVERY_SECONDS, RECONNECT_TIMEOUT_SECON
 from backends.pool import DatabaseUnreachable, PoolExhausted
 from backends.release import hold_connection
 from project.database import engine_for, pool_settings, with_pool
-from tests.conftest import POOL, Worker, backend_pid, usage
+from tests.conftest import POOL, Worker, backend_pid, connection_held_in_another_thread, usage
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -69,23 +69,8 @@ def test_a_server_that_refuses_connections_reads_as_unreachable(tmp_path):
 
 def test_a_pool_whose_connections_are_all_out_reads_as_exhausted(database):
     alias = database(max_size=1, timeout=0.2)
-    taken, done = threading.Event(), threading.Event()
-
-    def hold_the_only_connection() -> None:
-        with transaction.atomic(using=alias):
-            Group.objects.using(alias).count()
-            taken.set()
-            done.wait(10)
-
-    holder = Worker(hold_the_only_connection)
-    holder.start()
-    assert taken.wait(10)
-    try:
-        with pytest.raises(PoolExhausted) as failure:
-            Group.objects.using(alias).count()
-    finally:
-        done.set()
-        holder.finish()
+    with connection_held_in_another_thread(alias), pytest.raises(PoolExhausted) as failure:
+        Group.objects.using(alias).count()
 
     assert transient_cause(failure.value) == POOL_EXHAUSTED
     assert not is_connection_error(failure.value)
