@@ -23,8 +23,9 @@ except ImportError as exc:
 
 
 # Kept on the psycopg connection, as backends.health keeps its timestamp there:
-# the time zone it was configured for.
+# the time zone it was configured for (None too: TIME_ZONE = None, USE_TZ = False).
 _CONFIGURED = "_connection_release_configured"
+_NOT_CONFIGURED = object()
 # Set on a QueuePool that close_pool() took out of use.
 _DISPOSED = "_connection_release_disposed"
 
@@ -96,7 +97,7 @@ class QueuePoolMixin:
             compat.expose_driver_info(connection)
         # Whichever way it came: a released wrapper borrows again without
         # init_connection_state(), so this is where a new connection is configured.
-        if getattr(connection.dbapi_connection, _CONFIGURED, None) != self.timezone_name:
+        if getattr(connection.dbapi_connection, _CONFIGURED, _NOT_CONFIGURED) != self.timezone_name:
             self.configure_once(connection)
         # Kept after the connection goes back: the next checkout asks the same pool.
         self.borrowed_from = pool

@@ -203,7 +203,7 @@ def connection_held_in_another_thread(alias: str) -> Iterator[None]:
 
     other = Worker(hold_one, "holder")
     other.start()
-    assert taken.wait(10)
+    assert taken.wait(10), f"the other thread took no connection: {other.error!r}"
     try:
         yield
     finally:

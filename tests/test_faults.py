@@ -351,14 +351,15 @@ class Load:
     def by_path(self, paths) -> list[Answer]:
         return [answer for answer in self.answers if answer.path in paths]
 
-    def wait_for_answers(self, sent_after: float, count: int, timeout: float = 30) -> None:
-        """Wait until `count` requests sent after `sent_after` (time.monotonic()) have been answered.
+    def wait_for_answers(self, sent_after: float, timeout: float = 30) -> None:
+        """Wait until every path has been answered to a request sent after `sent_after` (time.monotonic()).
 
         A busy machine answers slowly: the fault tests wait for answers, not for a fixed time.
         """
         deadline = time.monotonic() + timeout
-        while sum(1 for a in list(self.answers) if a.sent > sent_after) < count:
-            assert time.monotonic() < deadline, f"fewer than {count} answers in {timeout} s"
+        paths = {path for _, path, _ in self.requests}
+        while (answered := {a.path for a in list(self.answers) if a.sent > sent_after}) != paths:
+            assert time.monotonic() < deadline, f"no answer in {timeout} s for {sorted(paths - answered)}"
             time.sleep(0.05)
 
 
@@ -531,13 +532,13 @@ def test_a_stopped_database_answers_503_and_the_site_serves_again_a_moment_after
         "/api/async/products/1/summary/",  # 404 while up: there are no products
     ]
     with Load(own_site.url, [("GET", path, None) for path in paths], threads=4) as load:
-        load.wait_for_answers(sent_after=0, count=len(paths))
+        load.wait_for_answers(sent_after=0)
         stopping = time.monotonic()
         own_postgres.stop()
         stopped = time.monotonic()
         # Down for at least a second, and until every path has been answered (with 503s) meanwhile.
         time.sleep(1)
-        load.wait_for_answers(sent_after=stopped, count=len(paths))
+        load.wait_for_answers(sent_after=stopped)
         starting = time.monotonic()
         own_postgres.ensure_running()
         started = time.monotonic()
