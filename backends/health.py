@@ -12,8 +12,8 @@ makes it readable. Anything older, or anything unknown, is pinged.
 
 A connection that broke under a query is a sign that others may be breaking
 too (a restart, a mass ``pg_terminate_backend``), more slowly than their sockets
-show it: ``distrust_returned_connections()`` makes every connection given back
-before that moment pass the ping, in this process.
+show it: after ``distrust_returned_connections()``, every connection given back
+before that moment is pinged before its next use, in this process.
 """
 
 from __future__ import annotations
