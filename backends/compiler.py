@@ -1,4 +1,4 @@
-"""ORM reads that survive a dead connection: retried once on a fresh one.
+"""ORM reads that survive a dead connection: run again on a fresh one.
 
 A connection can die while it sits in the pool or between two queries: the
 server restarted, an administrator ran ``pg_terminate_backend``, a network
@@ -11,7 +11,8 @@ hands out. Rails does this for its own reads.
 The release engines name this module as their ``DatabaseOperations.compiler_module``
 (the extension point third-party backends use to change how queries run), so
 only SQL compiled by Django's query compiler from a ``SELECT`` queryset passes
-through here. A query is run again, once, when all of these hold:
+through here. A query is run again, at most ``READ_RETRIES`` times, when all of
+these hold:
 
 * it is a read (``SQLCompiler`` or ``SQLAggregateCompiler``: never an insert,
   update or delete, never raw SQL, which goes through ``connection.cursor()``);
@@ -30,8 +31,13 @@ The connection the retry borrows is pinged first, as is every connection given
 back before the failure (``backends.health.distrust_returned_connections``):
 whatever killed one connection may have killed the idle ones with it.
 
+Why more than one retry: a mass ``pg_terminate_backend`` or a failover ends
+connections in waves, and the fresh connection a retry waited for can fall to
+the next wave. Two retries bound the cost: a server that stays down fails the
+retry's checkout (``DatabaseUnreachable``), which is not run again.
+
 Each retry is counted (``CheckoutWatcher.query_retried``, the
-``db_query_retries_total`` metric). A retry that fails too raises its own error.
+``db_query_retries_total`` metric). The last retry that fails raises its own error.
 """
 
 from __future__ import annotations
@@ -51,20 +57,26 @@ __all__ = [
 ]
 
 
+# How many times one read runs again, each time after its connection broke under it.
+READ_RETRIES = 2
+
+
 class RetryReadsMixin:
-    """Run a read once more when its connection broke under it (see the module docstring)."""
+    """Run a read again when its connection broke under it (see the module docstring)."""
 
     def execute_sql(self, result_type=MULTI, *args, **kwargs):
-        try:
-            return super().execute_sql(result_type, *args, **kwargs)
-        except Exception as exc:
-            if not self.may_run_again(exc):
-                raise
-        # Whatever broke this connection (a restart, a mass kill) may be breaking the
-        # idle ones too, faster than their sockets tell: the retry's is pinged first.
-        health.distrust_returned_connections()
-        instrumentation.query_retried(self.connection)
-        return super().execute_sql(result_type, *args, **kwargs)
+        retries_left = READ_RETRIES
+        while True:
+            try:
+                return super().execute_sql(result_type, *args, **kwargs)
+            except Exception as exc:
+                if retries_left == 0 or not self.may_run_again(exc):
+                    raise
+            retries_left -= 1
+            # Whatever broke this connection (a restart, a mass kill) may be breaking the
+            # idle ones too, faster than their sockets tell: the retry's is pinged first.
+            health.distrust_returned_connections()
+            instrumentation.query_retried(self.connection)
 
     def may_run_again(self, exc: Exception) -> bool:
         """Whether the read that failed with `exc` can run again on another connection."""

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from psycopg_pool.base import AttemptWithBackoff
 
 from backends import compat, health
+from backends.compiler import READ_RETRIES
 from backends.errors import (
     CONNECTION_LOST,
     DATABASE_UNREACHABLE,
@@ -247,15 +248,28 @@ def test_single_row_and_aggregate_reads_run_again_too(release_alias, killer):
 
 
 @pytest.mark.direct_connection
-def test_a_read_runs_again_only_once(release_alias, killer):
+def test_a_read_whose_connection_breaks_in_waves_gives_up_after_two_retries(release_alias, killer):
     before = retries(release_alias)
-    killer(times=2)
+    killer(times=READ_RETRIES + 1)
 
     with pytest.raises(OperationalError) as failure:
         list(sleepy_groups(release_alias))
 
     assert transient_cause(failure.value) == CONNECTION_LOST
-    assert retries(release_alias) == before + 1
+    assert retries(release_alias) == before + READ_RETRIES
+
+
+@pytest.mark.direct_connection
+def test_a_read_whose_retry_is_killed_too_runs_again(release_alias, killer):
+    before = retries(release_alias)
+    kill = killer(times=2)
+
+    rows = list(sleepy_groups(release_alias).values_list("name", "backend"))
+
+    kill.finish()
+    assert [name for name, _ in rows] == ["survivor"]
+    assert rows[0][1] not in kill.killed
+    assert retries(release_alias) == before + 2
 
 
 @pytest.mark.direct_connection

@@ -70,7 +70,7 @@ connections_pinned = Counter(
 )
 query_retries = Counter(
     "db_query_retries",
-    "ORM reads retried once on a fresh connection after a connection-level error.",
+    "ORM read retries on a fresh connection after a connection-level error.",
     LABELS,
 )
 http_requests = Counter(
