@@ -11,6 +11,7 @@ one of them that renames or drops something breaks one module, and
 Django (``django.db.backends.base.base`` and ``postgresql.base``):
     ``DatabaseWrapper._connection_pools``   the per-alias psycopg pools, shared by all threads
     ``DatabaseWrapper._configure_connection``  sets the time zone and role on a new connection
+    ``DatabaseWrapper._configure_role``   the role part of it, replaced (``RoleSetOnTheConnectionMixin``)
     ``BaseDatabaseWrapper._prepare_cursor``   wraps a new driver cursor (the end of ``_cursor()``)
     the attributes ``BaseDatabaseWrapper.connect()`` resets before connecting
     (``errors_occurred``, ``health_check_done``, ``close_at``, ``run_on_commit``, ...)
@@ -34,6 +35,7 @@ import time
 from collections import deque
 
 from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
+from psycopg import sql
 
 # Django ---------------------------------------------------------------------------
 
@@ -46,6 +48,28 @@ def native_pools() -> dict:
 def configure_connection(wrapper, connection) -> bool:
     """Give a driver connection Django's time zone and role; True when that ran SQL to commit."""
     return wrapper._configure_connection(connection)
+
+
+class RoleSetOnTheConnectionMixin:
+    """OPTIONS["assume_role"] set with the connection being configured, and nothing else.
+
+    Django composes its ``SET ROLE`` with ``ops.compose_sql()``, which borrows a
+    cursor of the wrapper (``self.connection``). psycopg_pool configures a new
+    connection in its own worker thread while the wrapper is still waiting for
+    one, so that cursor asks the same pool for a second connection: with
+    ``assume_role`` and Django's pool, stock Django waits out the pool timeout
+    (Django 5.2 to 6.1). A release engine configures connections far more often
+    (after each session reset too), with the wrapper in any state. The statement
+    is the same; psycopg composes it on the connection it runs on.
+    """
+
+    def _configure_role(self, connection) -> bool:
+        role = self.settings_dict["OPTIONS"].get("assume_role")
+        if not role:
+            return False
+        with connection.cursor() as cursor:
+            cursor.execute(sql.SQL("SET ROLE {}").format(sql.Literal(role)))
+        return True
 
 
 def reset_state_as_connect_does(wrapper) -> None:

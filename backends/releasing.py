@@ -46,7 +46,7 @@ class ReleaseCursorDebugWrapper(SessionStateCursorMixin, CountedCursorDebugWrapp
     pass
 
 
-class ConnectionReleaseMixin(CheckoutMixin):
+class ConnectionReleaseMixin(compat.RoleSetOnTheConnectionMixin, CheckoutMixin):
     """A checkout that ends as soon as nothing can use the connection; in front of InstrumentedMixin."""
 
     release_engine = "release"

@@ -117,6 +117,14 @@ def test_django_still_has_the_hooks_the_engines_override():
     assert callable(postgresql.DatabaseWrapper.check_settings)
 
 
+def test_django_sets_the_role_through_the_method_the_release_engines_replace():
+    """If Django stops composing SET ROLE with the wrapper's cursor, the replacement can go."""
+    configure = inspect.getsource(postgresql.DatabaseWrapper._configure_connection)
+    assert "self._configure_role(connection)" in configure
+    assert "self.ops.compose_sql(" in inspect.getsource(postgresql.DatabaseWrapper._configure_role)
+    assert ConnectionReleaseMixin._configure_role is compat.RoleSetOnTheConnectionMixin._configure_role
+
+
 def test_djangos_cursor_ends_as_the_engines_borrowing_again_ends_it():
     """After a release the engines make the cursor as _cursor() does once connected."""
     source = inspect.getsource(BaseDatabaseWrapper._cursor)

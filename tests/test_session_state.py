@@ -126,6 +126,21 @@ def test_a_reset_session_has_djangos_time_zone_again(database):
     assert now == datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def test_assume_role_is_set_on_every_connection_even_in_a_pool_of_one(database):
+    """Stock Django's SET ROLE borrows a second connection while the pool configures the first."""
+    user = value("default", "SELECT session_user")
+    alias = database(max_size=1, options={"assume_role": user})
+    assert value(alias, "SHOW role") == user
+
+    run(alias, "SET ROLE NONE")
+    assert value(alias, "SHOW role") == "none"
+    end_of_request()
+    assert in_another_thread(lambda: value(alias, "SHOW role")) == user, "set again after the reset"
+
+    connections[alias].close_pool()
+    assert value(alias, "SHOW role") == user, "and on the new pool's first connection"
+
+
 def test_an_advisory_lock_can_be_taken_by_another_session_once_the_request_ends(database):
     alias = database(max_size=1)
     run(alias, "SELECT pg_advisory_lock(4244)")
