@@ -37,7 +37,9 @@ the next wave. Two retries bound the cost: a server that stays down fails the
 retry's checkout (``DatabaseUnreachable``), which is not run again.
 
 Each retry is counted (``CheckoutWatcher.query_retried``, the
-``db_query_retries_total`` metric). The last retry that fails raises its own error.
+``db_query_retries_total`` metric). A failure that is not run again (the last
+retry's, or a retry's checkout that failed) is raised as it is; the earlier
+ones are not kept.
 """
 
 from __future__ import annotations

@@ -114,8 +114,9 @@ class QueuePoolMixin:
         that cannot be configured is thrown away.
         """
         dbapi_connection = connection.dbapi_connection
-        # With a role, Django composes its SET ROLE with a cursor of the
-        # wrapper: that cursor must use this connection, not borrow another.
+        # With a role, stock Django composes its SET ROLE with a cursor of the
+        # wrapper (the baseline engine; the release engines set the role on the
+        # connection itself): that cursor must use this connection, not borrow another.
         previous, self.connection = self.connection, connection
         try:
             if compat.configure_connection(self, connection) and not dbapi_connection.autocommit:

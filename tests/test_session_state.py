@@ -127,7 +127,11 @@ def test_a_reset_session_has_djangos_time_zone_again(database):
 
 
 def test_assume_role_is_set_on_every_connection_even_in_a_pool_of_one(database):
-    """Stock Django's SET ROLE borrows a second connection while the pool configures the first."""
+    """Stock Django's SET ROLE borrows a second connection while the pool configures the first.
+
+    On Django's pool this waits out the pool timeout without the release engines' own
+    _configure_role(); QueuePool's configure_once() lends the wrapper the connection it configures.
+    """
     user = value("default", "SELECT session_user")
     alias = database(max_size=1, options={"assume_role": user})
     assert value(alias, "SHOW role") == user
