@@ -1,6 +1,6 @@
 """What one borrow-and-return costs the release engine, in CPU instructions counted by valgrind.
 
-    python -m loadtests.instructions [--pool native] [--checkouts 400] [--metrics]
+    python -m loadtests.instructions [--pool native] [--checkouts 400] [--metrics] [--orm] [--order]
 
 Wall time per query (loadtests.overhead) moves with whatever else the machine
 is doing; an instruction count does not. This runs itself under
@@ -20,12 +20,20 @@ statement): N such queries on the release engine against none, the ORM path per
 checkout; and the same N queries against N on cursors that do not look for
 session-level SQL (``backends.session``), what that look costs on the ORM path.
 
+With --order, the ``atomic`` scenario's work, where release cannot shorten any
+hold: one order placed in its transaction (``apps.orders.services.place_order``),
+then the end of the request (``close_old_connections()``), N times against none,
+on stock Django and on the release engine. Both borrow once per order; what
+differs is the engine's own bookkeeping. The orders are placed on the seeded
+shop and deleted afterwards, with the stock put back.
+
 Needs valgrind (Debian's package); takes under a minute.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shutil
@@ -39,13 +47,16 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 WARMUP = 50
 
 # What a counted run does in its loop; runs are compared in these pairs.
-LOOPS = ("request", "cursor", "plain", "none", "orm", "orm_undetected")
+LOOPS = ("request", "cursor", "plain", "none", "orm", "orm_undetected", "order")
 PAIRS = {"engine": ("cursor", "request"), "pool library alone": ("plain", "none")}
 ORM_FLAG = "LOADTESTS_INSTRUCTIONS_ORM"
 ORM_PAIRS = {
     "ORM query with its checkout": ("orm", "none"),
     "session-state detection on that ORM query": ("orm", "orm_undetected"),
 }
+ORDER_FLAG = "LOADTESTS_INSTRUCTIONS_ORDER"
+# The engine of the "default" alias, which place_order() uses, in the runs of --order.
+ORDER_ENGINES = {"stock Django": "request", "release": "cursor"}
 
 
 def count_in_child(loop: str, pool: str, checkouts: int, metrics: bool) -> None:
@@ -82,6 +93,14 @@ def count_in_child(loop: str, pool: str, checkouts: int, metrics: bool) -> None:
     def orm_query(alias: str) -> None:
         list(Permission.objects.using(alias).select_related("content_type").filter(codename="none"))
 
+    def order_then_end_of_request() -> None:
+        from django.db import close_old_connections
+
+        from apps.orders.services import Wanted, place_order
+
+        place_order(next(customers), [Wanted(next(products), 1)])
+        close_old_connections()  # what Django runs when a request ends
+
     steps = {
         "request": lambda: empty_cursor(aliases["request"]),
         "cursor": lambda: empty_cursor(aliases["cursor"]),
@@ -89,12 +108,23 @@ def count_in_child(loop: str, pool: str, checkouts: int, metrics: bool) -> None:
         "none": lambda: None,  # the loop itself, charged to neither side
         "orm": lambda: orm_query(aliases["cursor"]),
         "orm_undetected": lambda: orm_query(undetected.alias),
+        "order": order_then_end_of_request,
     }
     with nullcontext() if metrics else instrumentation.unwatched():
         # Both runs of a pair warm up the same steps: the ORM's only with --orm
-        # (which needs the migrated tables), set for every run of that invocation.
+        # (which needs the migrated tables), the order's only with --order (the
+        # seeded shop), set for every run of that invocation.
         if not os.environ.get(ORM_FLAG):
             del steps["orm"], steps["orm_undetected"]
+        if os.environ.get(ORDER_FLAG):
+            from apps.catalog.models import Product
+            from apps.customers.models import Customer
+
+            # The same customers and products, in the same order, in every run.
+            customers = itertools.cycle(Customer.objects.order_by("pk").values_list("pk", flat=True)[:50])
+            products = itertools.cycle(Product.objects.order_by("pk").values_list("pk", flat=True)[:50])
+        else:
+            del steps["order"]
         for _ in range(WARMUP):
             for step in steps.values():
                 step()
@@ -105,12 +135,16 @@ def count_in_child(loop: str, pool: str, checkouts: int, metrics: bool) -> None:
     close_plain_pool()
 
 
-def counted_run(valgrind: str, out_dir: str, loop: str, pool: str, checkouts: int, metrics: bool):
+def counted_run(
+    valgrind: str, out_dir: str, loop: str, pool: str, checkouts: int, metrics: bool, release: str | None
+):
     command = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out_dir}/{loop}.out"]
     command += [sys.executable, "-m", "loadtests.instructions", "--child", loop]
     command += ["--pool", pool, "--checkouts", str(checkouts)] + (["--metrics"] if metrics else [])
     # The same hash seed in every run, so that runs do the same work up to their loop.
     env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if release is not None:  # the "default" alias on this engine and `pool` (project.settings)
+        env.update(DB_RELEASE=release, DB_POOL=pool)
     return subprocess.Popen(
         command, cwd=BASE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -126,11 +160,14 @@ def collected(run: subprocess.Popen) -> int:
 
 
 def instructions_per_checkout(
-    valgrind: str, pair: tuple[str, str], pool: str, checkouts: int, metrics: bool
+    valgrind: str, pair: tuple[str, str], pool: str, checkouts: int, metrics: bool, release: str | None = None
 ) -> float:
-    """(instructions of the first loop's run - the second's) / checkouts; the two run side by side."""
+    """(instructions of the first loop's run - the second's) / checkouts; the two run side by side.
+
+    `release`: the engine of the "default" alias in both runs (DB_RELEASE), else the settings' own.
+    """
     with tempfile.TemporaryDirectory() as out_dir:
-        runs = [counted_run(valgrind, out_dir, loop, pool, checkouts, metrics) for loop in pair]
+        runs = [counted_run(valgrind, out_dir, loop, pool, checkouts, metrics, release) for loop in pair]
         try:
             measured, reference = (collected(run) for run in runs)
         finally:
@@ -157,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkouts", type=int, default=400, help="checkouts counted per run (default 400)")
     parser.add_argument("--metrics", action="store_true", help="with the sample site's Prometheus metrics")
     parser.add_argument("--orm", action="store_true", help="also the ORM path, and session detection")
+    parser.add_argument(
+        "--order", action="store_true", help="also one order's transaction per request, stock and release"
+    )
     parser.add_argument("--child", choices=LOOPS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.checkouts < 1:
@@ -192,7 +232,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.pool}, {name}: {per_query:,.0f} instructions per query", flush=True)
         share = next(reversed(figures.values())) / next(iter(figures.values()))
         print(f"{args.pool}, session-state detection: {share:+.2%} of the ORM path per checkout", flush=True)
+    if args.order:
+        count_orders(valgrind, args.pool, args.checkouts, args.metrics)
     return 0
+
+
+def count_orders(valgrind: str, pool: str, orders: int, metrics: bool) -> None:
+    """Instructions per order and end of request on each engine; the shop left as found."""
+    from loadtests.database import Shop, prepare
+
+    prepare("small", static=False)
+    shop = Shop()
+    shop.reset()  # stock for every order the runs place
+    os.environ[ORDER_FLAG] = "1"
+    try:
+        figures = {
+            name: instructions_per_checkout(valgrind, ("order", "none"), pool, orders, metrics, release)
+            for name, release in ORDER_ENGINES.items()
+        }
+    finally:
+        del os.environ[ORDER_FLAG]
+        shop.restore()
+    for name, per_order in figures.items():
+        print(
+            f"{pool}, one order and the end of its request, {name}: {per_order:,.0f} instructions", flush=True
+        )
+    stock, release = figures.values()
+    print(f"{pool}, release against stock Django per order: {release / stock - 1:+.2%}", flush=True)
 
 
 if __name__ == "__main__":

@@ -227,6 +227,30 @@ def test_instruction_counts_put_the_engine_above_the_bare_pool():
     assert counts["engine"] > counts["pool library alone"] > 1000
 
 
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instruction_counts_of_an_order_on_each_engine_leave_the_shop_as_found():
+    from apps.catalog.models import Product
+    from apps.orders.models import Order
+
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtests.instructions", "--checkouts", "5", "--order"],
+        cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    per_order = {
+        name: int(count.replace(",", ""))
+        for name, count in re.findall(
+            r"one order and the end of its request, (.+?): ([\d,]+) instructions", result.stdout
+        )
+    }
+    assert per_order.keys() == {"stock Django", "release"}, result.stdout
+    # An order is a transaction of six statements: far more than one checkout.
+    assert min(per_order.values()) > 100_000, per_order
+    assert re.search(r"release against stock Django per order: [+-]\d+\.\d\d%", result.stdout), result.stdout
+    assert not Order.objects.exclude(number__startswith="S-").exists()
+    assert dict(Product.objects.values_list("sku", "stock")) == seeded_stock()
+
+
 def test_the_side_that_runs_first_alternates_from_one_scenario_to_the_next():
     from loadtests.arguments import parse_args
     from loadtests.compare import plan
