@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from time import monotonic
 
 from django.core.exceptions import ImproperlyConfigured
@@ -45,6 +46,15 @@ def discard(pool: ConnectionPool, conn) -> None:
 # it gives the slot up.
 RECONNECT_EVERY_SECONDS = 0.5
 RECONNECT_TIMEOUT_SECONDS = 3600.0
+
+
+def configured_max_size(settings_dict) -> int:
+    """The max_size psycopg_pool will give the pool OPTIONS["pool"] describes (its default: min_size)."""
+    options = settings_dict["OPTIONS"].get("pool")
+    options = options if isinstance(options, dict) else {}
+    parameters = inspect.signature(ConnectionPool).parameters
+    min_size = options.get("min_size", parameters["min_size"].default)
+    return options.get("max_size") or min_size
 
 
 class NativePoolMixin:
@@ -166,8 +176,11 @@ class NativePoolMixin:
 
     def pool_usage(self) -> PoolUsage:
         pool = compat.native_pools().get(self.alias)  # Django's, shared by every thread
-        if pool is None:  # not created yet, and asking must not create it
-            return PoolUsage(size=0, max_size=0, idle=0)
+        if pool is None:
+            # Not created yet, and asking must not create it: the size it will
+            # have, as QueuePool's engines say, so that a site that has served
+            # nothing yet does not report a pool of 0 (the comparison reads it).
+            return PoolUsage(size=0, max_size=configured_max_size(self.settings_dict), idle=0)
         stats = pool.get_stats()
         return PoolUsage(
             size=stats["pool_size"],

@@ -105,6 +105,26 @@ def test_pool_gauges_show_the_pool(client):
     assert "db_connections_checked_out" in text
 
 
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_a_pool_not_opened_yet_reports_the_size_it_will_have(database):
+    # A site that has served nothing yet: the comparison reads its pool size from /metrics.
+    alias = database(max_size=3)
+    usage = connections[alias].pool_usage()
+    assert (usage.size, usage.max_size, usage.checked_out) == (0, 3, 0)
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    assert connections[alias].pool_usage().max_size == 3
+
+
+@pytest.mark.skipif(POOL != "native", reason="psycopg_pool's own default")
+def test_a_native_pool_given_only_a_min_size_reports_psycopg_pools_default_max():
+    from backends.nativepool import configured_max_size
+
+    assert configured_max_size({"OPTIONS": {"pool": {"min_size": 2}}}) == 2
+    assert configured_max_size({"OPTIONS": {"pool": True}}) == 4
+    assert configured_max_size({"OPTIONS": {"pool": {"min_size": 1, "max_size": 8}}}) == 8
+
+
 def test_checked_out_gauge_counts_connections_other_threads_hold(client):
     with every_connection_taken():
         taken = scrape(client)
