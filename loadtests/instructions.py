@@ -239,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def count_orders(valgrind: str, pool: str, orders: int, metrics: bool) -> None:
     """Instructions per order and end of request on each engine; the shop left as found."""
-    from loadtests.database import Shop, prepare
+    from devtools.serve import prepare
+    from loadtests.database import Shop
 
-    prepare("small", static=False)
+    prepare("small", static=False)  # migrated, as for the ORM query, and seeded
     shop = Shop()
     shop.reset()  # stock for every order the runs place
     os.environ[ORDER_FLAG] = "1"
