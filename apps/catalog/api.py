@@ -140,3 +140,21 @@ async def async_product_summary(request: HttpRequest, product_id: int) -> JsonRe
             "average_rating": round(average, 2) if average is not None else None,
         }
     )
+
+
+@json_api("GET", "HEAD")
+async def async_product_with_external_call(request: HttpRequest, product_id: int) -> JsonResponse:
+    """The `async` scenario: an async ORM read, an awaited external call, a second read.
+
+    Under ASGI nothing bounds how many of these are in flight but the clients.
+    Stock Django keeps the first read's connection through the awaited call and
+    the second read, so its pool must cover every request in flight; release
+    gives it back after each read.
+    """
+    try:
+        product = await Product.objects.select_related("category").aget(pk=product_id)
+    except Product.DoesNotExist:
+        raise ApiError(404, f"There is no product {product_id}.") from None
+    estimate = await external.acall_with_report(product.pk)
+    reviews = await product.reviews.acount()
+    return JsonResponse({"product": product_json(product), "reviews": reviews, "external": estimate})

@@ -10,8 +10,10 @@ read on every call so tests and load runs can change it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
@@ -28,6 +30,13 @@ def shipping_estimate(product_id: int) -> dict:
     return {"service": "shipping-estimate", "latency_ms": latency_ms, "delivery_days": 2 + product_id % 5}
 
 
+async def ashipping_estimate(product_id: int) -> dict:
+    """shipping_estimate() awaited, as an async client (httpx, aiohttp) would: no thread waits."""
+    latency_ms = settings.EXTERNAL_LATENCY_MS
+    await asyncio.sleep(latency_ms / 1000)
+    return {"service": "shipping-estimate", "latency_ms": latency_ms, "delivery_days": 2 + product_id % 5}
+
+
 def call_with_report(product_id: int) -> dict:
     """shipping_estimate(), plus whether a database connection sat idle, checked out, during it.
 
@@ -36,3 +45,13 @@ def call_with_report(product_id: int) -> dict:
     """
     held = holds_connection()
     return {**shipping_estimate(product_id), "db_connection_held_during_call": held}
+
+
+async def acall_with_report(product_id: int) -> dict:
+    """call_with_report() for async views.
+
+    Django runs an async view's ORM calls on one thread per request (a
+    thread-sensitive sync_to_async), and the connection is that thread's: ask there.
+    """
+    held = await sync_to_async(holds_connection)()
+    return {**(await ashipping_estimate(product_id)), "db_connection_held_during_call": held}

@@ -25,4 +25,9 @@ urlpatterns = [
         api.async_product_summary,
         name="api-async-product-summary",
     ),
+    path(
+        "api/async/products/<int:product_id>/with-external-call/",
+        api.async_product_with_external_call,
+        name="api-async-external-call",
+    ),
 ]
