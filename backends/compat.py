@@ -16,6 +16,10 @@ Django (``django.db.backends.base.base`` and ``postgresql.base``):
     the attributes ``BaseDatabaseWrapper.connect()`` resets before connecting
     (``errors_occurred``, ``health_check_done``, ``close_at``, ``run_on_commit``, ...)
 
+Django (``django.http.response``), for the metrics app:
+    ``HttpResponseBase._resource_closers``   what ``close()`` calls before it sends
+    ``request_finished`` (``call_when_closing``)
+
 psycopg_pool:
     ``ConnectionPool._check``   the check run on each getconn (a constructor argument only)
     ``ConnectionPool._pool`` and ``_lock``   the idle connections, taken oldest first
@@ -38,6 +42,17 @@ from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrappe
 from psycopg import sql
 
 # Django ---------------------------------------------------------------------------
+
+
+def call_when_closing(response, callback) -> None:
+    """Have `response.close()` call `callback()` in its own thread and context, before request_finished.
+
+    Under ASGI, Django sends request_finished from response.close(), run in a
+    context copied from outside the task that ran the middleware: a context
+    variable set there is not seen by request_finished's receivers. A callback
+    run by close() can set it again where they run.
+    """
+    response._resource_closers.append(callback)
 
 
 def native_pools() -> dict:

@@ -67,7 +67,9 @@ def prepare(seed_size: str | None, static: bool = True) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", default="small", help="seed size, or 'none' to skip seeding")
-    parser.add_argument("--asgi", action="store_true", help="serve project.asgi under uvicorn workers")
+    parser.add_argument(
+        "--asgi", action="store_true", help="serve project.asgi under uvicorn workers (as SERVER=asgi does)"
+    )
     args = parser.parse_args(argv)
 
     configure_environment()
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     bind = os.environ.setdefault("GUNICORN_BIND", "127.0.0.1:8000")
     command = [sys.executable, "-m", "gunicorn", "-c", str(BASE_DIR / "project" / "gunicorn.conf.py")]
     if args.asgi:
-        command += ["-k", "uvicorn_worker.UvicornWorker", "project.asgi:application"]
+        os.environ["SERVER"] = "asgi"  # project/gunicorn.conf.py picks the worker and the app
     release = os.environ.get("DB_RELEASE", "cursor")
     say(f"serving on http://{bind}/ (DB_RELEASE={release}); Ctrl-C stops it")
     say(f"look at http://{bind}/ for the shop and http://{bind}/pool/ for the live pool dashboard")

@@ -9,12 +9,12 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from loadtests.scenarios import SCENARIOS
+from loadtests.scenarios import DEFAULT_USERS, SCENARIOS, SERVERS
 from loadtests.side import TITLES
 from loadtests.site import BASE_DIR
 
 # What `make demo` runs in about ten minutes on a small machine; `--scenarios all` for every one.
-DEFAULT_SCENARIOS = ("raw", "orm", "atomic")
+DEFAULT_SCENARIOS = ("raw", "orm", "atomic", "async")
 
 
 def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namespace:
@@ -25,7 +25,19 @@ def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namesp
         help=f"comma-separated, or 'all' ({', '.join(SCENARIOS)}); default %(default)s",
     )
     parser.add_argument("--duration", type=int, default=20, help="seconds of load per side (default 20)")
-    parser.add_argument("--users", type=int, default=64, help="concurrent Locust users (default 64)")
+    parser.add_argument(
+        "--users",
+        type=int,
+        help="concurrent Locust users (default "
+        + ", ".join(f"{n} under {server}" for server, n in DEFAULT_USERS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--server",
+        choices=SERVERS,
+        help="serve every scenario under gunicorn's threads (wsgi) or uvicorn workers (asgi); "
+        "default: asgi for async, wsgi for the others",
+    )
     parser.add_argument("--pool-size", type=int, default=4, help="connections per worker (default 4)")
     parser.add_argument(
         "--pool-sizes",
@@ -89,7 +101,7 @@ def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namesp
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)} or all")
     for name in ("duration", "users", "pool_size", "threads", "workers", "rounds"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.external_latency_ms < 0:
         parser.error("--external-latency-ms cannot be negative")
@@ -101,6 +113,7 @@ def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namesp
         parser.error(
             "--prepare-database goes with --target (without it, the run always prepares the database)"
         )
+    args.connections_allowed = None  # compare sets it once the database is up: the ASGI ceiling's pool
     if args.out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         args.out = BASE_DIR / "reports" / stamp

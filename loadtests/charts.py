@@ -35,10 +35,35 @@ def grouped_bars(ax, results: dict, value, label=None) -> None:
     for i, side in enumerate(sides):
         positions = [p + (i - (len(sides) - 1) / 2) * width for p in range(len(names))]
         heights = [value(results["scenarios"][n].get(side) or {}) or 0 for n in names]
-        bars = ax.bar(positions, heights, width, label=TITLES[side], color=COLOURS[side])
+        bars = ax.bar(positions, heights, width, label=legend_label(results, side), color=COLOURS[side])
         if label:
             ax.bar_label(bars, fmt=label, fontsize=7)
-    ax.set_xticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), [scenario_label(results, n) for n in names])
+
+
+def legend_label(results: dict, side: str) -> str:
+    """The side's title, with its pool when every scenario gave it the same one."""
+    pools = {
+        (sides.get(side) or {}).get("pool_size")
+        for sides in results["scenarios"].values()
+        if isinstance(sides.get(side), dict)
+    }
+    (only,) = pools if len(pools) == 1 else (None,)
+    return f"{TITLES[side]}, pool {only}" if only else TITLES[side]
+
+
+def scenario_label(results: dict, name: str) -> str:
+    """The scenario's name, and its server where the run used more than one."""
+    servers = {
+        side.get("server")
+        for sides in results["scenarios"].values()
+        for side in sides.values()
+        if isinstance(side, dict)
+    }
+    if len(servers - {None}) < 2:
+        return name
+    server = next((s.get("server") for s in results["scenarios"][name].values() if isinstance(s, dict)), None)
+    return f"{name} ({server})" if server else name
 
 
 def save(fig, out: Path, name: str) -> str:
@@ -60,7 +85,7 @@ def throughput(results: dict, out: Path) -> str:
             ax.hlines(sides["ceiling"]["rps"], position - 0.45, position + 0.45, colors=COLOURS["ceiling"],
                       linestyles="--", linewidth=1)  # fmt: skip
     ax.set_ylabel("requests per second")
-    ax.set_title("Throughput (the dashed line: stock Django with a pool as large as its threads)")
+    ax.set_title("Throughput, higher is better (the dashed line: the ceiling, stock with no pool contention)")
     ax.set_ylim(top=ax.get_ylim()[1] * 1.18)
     ax.legend(fontsize=8, loc="upper center", ncols=4)
     return save(fig, out, "throughput.png")

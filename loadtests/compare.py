@@ -1,14 +1,21 @@
 """Compare stock Django with early release, side by side, under the same load.
 
     python -m loadtests.compare [--scenarios raw,orm] [--duration 20] [--pool-sizes 1,2,4,8,16,32] ...
+    python -m loadtests.compare --server asgi --scenarios async [--pool-sizes 1,2,4,8,16,32,64]
     python -m loadtests.compare --target release=URL --target baseline=URL [--target ceiling=URL]
 
 With nothing running and no Docker: starts the embedded PostgreSQL (or uses
 DATABASE_URL), migrates and seeds, then for each scenario serves the shop under
 gunicorn once per side, one at a time, with the same configuration but the
-engine and the pool: stock Django (baseline), release, stock Django with a pool
-as large as its threads (the ceiling: what the server can do at all), and stock
-Django behind PgBouncer when a pgbouncer binary is there. It runs Locust
+engine and the pool: stock Django (baseline), release, the ceiling (what the
+server can do at all: stock Django with every connection it can use), and stock
+Django behind PgBouncer when a pgbouncer binary is there.
+
+Each scenario runs under WSGI (gunicorn's threads) or ASGI (gunicorn with
+uvicorn workers; `async` by default, any with --server asgi). Under WSGI the
+ceiling's pool is as large as the threads; under ASGI nothing but the clients
+bounds the requests in flight, so it is the largest pool the server's
+max_connections leaves room for. It runs Locust
 headless against each for a bounded time, reads the server's own /metrics
 before and after, stops everything it started and puts the shop's stock back.
 Writes report.json, report.md and report.html (with PNG charts) to --out
@@ -35,6 +42,7 @@ from loadtests import database, pgbouncer, report, rounds
 from loadtests.arguments import parse_args
 from loadtests.machine import machine
 from loadtests.sampler import say
+from loadtests.scenarios import DEFAULT_USERS, server_of
 from loadtests.side import TITLES, Load, Remote, Side, measure_side, pool_size_of, ratio
 from loadtests.site import Site, SiteConfig, StartError, ensure_port_free
 
@@ -66,28 +74,44 @@ class Run:
         return name + (f"-round{self.round}" if self.rounds > 1 else "")
 
 
-def sides(args) -> list[Side]:
-    """The sides every scenario runs (without a sweep)."""
+def users_of(args, scenario: str) -> int:
+    return args.users or DEFAULT_USERS[server_of(scenario, args.server)]
+
+
+def ceiling_pool(args, scenario: str) -> int:
+    """The ceiling's pool per worker: one connection per thread, or under ASGI the most the server allows."""
+    if server_of(scenario, args.server) == "asgi":
+        return max(1, args.connections_allowed // args.workers)
+    return args.threads
+
+
+def sides(args, scenario: str) -> list[Side]:
+    """The sides `scenario` runs (without a sweep)."""
     if args.targets:
         return [Side(name, "", 0) for name in TITLES if name in args.targets]
     chosen = [Side("baseline", "request", args.pool_size), Side("release", "cursor", args.pool_size)]
     if args.ceiling:
-        chosen.append(Side("ceiling", "request", args.threads))
+        chosen.append(Side("ceiling", "request", ceiling_pool(args, scenario)))
     if args.pgbouncer:
         # As many server connections as the release side has in all its workers.
         chosen.append(
-            Side("pgbouncer", "request", args.threads, server_connections=args.pool_size * args.workers)
+            Side(
+                "pgbouncer",
+                "request",
+                ceiling_pool(args, scenario),
+                server_connections=args.pool_size * args.workers,
+            )
         )
     return chosen
 
 
-def sweep_sides(args) -> list[list[Side]]:
+def sweep_sides(args, scenario: str) -> list[list[Side]]:
     """Sides in groups that alternate: stock and release at each size, the ceiling if not among them."""
     groups = [
         [Side("baseline", "request", size), Side("release", "cursor", size)] for size in args.pool_sizes
     ]
-    if args.ceiling and args.pool_sizes[-1] < args.threads:
-        groups.append([Side("ceiling", "request", args.threads)])
+    if args.ceiling and args.pool_sizes[-1] < ceiling_pool(args, scenario):
+        groups.append([Side("ceiling", "request", ceiling_pool(args, scenario))])
     return groups
 
 
@@ -103,14 +127,14 @@ def plan(args) -> list[Run]:
         for round_number in range(1, args.rounds + 1):
             flip = (index + round_number - 1) % 2 == 1
             if args.pool_sizes:
-                for group_index, group in enumerate(sweep_sides(args)):
+                for group_index, group in enumerate(sweep_sides(args, scenario)):
                     ordered = group[::-1] if (flip ^ (group_index % 2 == 1)) else group
                     runs += [
                         Run(scenario, side, round_number, position, side.name != "ceiling", args.rounds)
                         for position, side in enumerate(ordered, start=1)
                     ]
             else:
-                ordered = side_order(sides(args), flip)
+                ordered = side_order(sides(args, scenario), flip)
                 runs += [
                     Run(scenario, side, round_number, p, rounds=args.rounds)
                     for p, side in enumerate(ordered, start=1)
@@ -133,31 +157,56 @@ def estimate_seconds(args, runs: list[Run]) -> float:
 def describe_plan(args, runs: list[Run]) -> str:
     per_side = args.duration + (0 if args.targets else SIDE_OVERHEAD_SECONDS)
     minutes = estimate_seconds(args, runs) / 60
+    scenarios = ", ".join(
+        f"{name} ({server_of(name, args.server)}, {users_of(args, name)} users)" for name in args.scenarios
+    )
     if args.pool_sizes:
         what = f"pool sizes {','.join(map(str, args.pool_sizes))} x stock and release"
     else:
-        what = f"{len(sides(args))} sides ({', '.join(TITLES[s.name] for s in sides(args))})"
+        chosen = sides(args, args.scenarios[0])
+        what = f"{len(chosen)} sides ({', '.join(TITLES[s.name] for s in chosen)})"
+    if args.ceiling and not args.targets:
+        what += "; the ceiling is stock with " + ceiling_text(args)
     rounds_text = f" x {args.rounds} rounds" if args.rounds > 1 else ""
     return (
-        f"plan: {len(args.scenarios)} scenario(s) ({', '.join(args.scenarios)}) x {what}{rounds_text} = "
+        f"plan: {len(args.scenarios)} scenario(s): {scenarios} x {what}{rounds_text} = "
         f"{len(runs)} runs of ~{per_side} s, about {minutes:.0f} min in all"
     )
 
 
+def ceiling_text(args) -> str:
+    """What the ceiling's pool is, under each server the plan uses."""
+    servers = dict.fromkeys(server_of(name, args.server) for name in args.scenarios)
+    texts = {
+        "wsgi": f"a pool of {args.threads} (one per thread) under wsgi",
+        "asgi": f"a pool of {max(1, args.connections_allowed // args.workers)} under asgi "
+        "(all the server's max_connections leaves: threads do not bound asgi)",
+    }
+    return " and ".join(texts[server] for server in servers)
+
+
 def run_one(run: Run, number: int, total: int, args, load: Load) -> dict:
+    result = measure_run(run, number, total, args, load)
+    result["server"] = server_of(run.scenario, args.server)
+    result["users"] = load.users
+    return result
+
+
+def measure_run(run: Run, number: int, total: int, args, load: Load) -> dict:
     side = run.side
+    server = server_of(run.scenario, args.server)
     label = f"side {number}/{total} {run.scenario}/{side.name}"
     if run.sweep:
         label += f" (pool {side.pool_size})"
     if run.rounds > 1:
         label += f" (round {run.round}/{run.rounds})"
-    measured = dict(workers=args.workers, threads=args.threads)
+    measured = dict(workers=args.workers, threads=args.threads if server == "wsgi" else None)
     if args.targets:
         url = args.targets[side.name]
         # The site reports its pools added up over its workers; --workers says how many it has.
         in_all = pool_size_of(url)
         pool_size = max(1, in_all // args.workers) if in_all else args.pool_size
-        say(f"{label}: {args.users} users for {args.duration} s against {url} (pool {in_all or '?'} in all)")
+        say(f"{label}: {load.users} users for {args.duration} s against {url} (pool {in_all or '?'} in all)")
         result = measure_side(Remote(url), load, label, run.files, pool_size=pool_size, **measured)
         result["url"] = url
         return result
@@ -168,6 +217,7 @@ def run_one(run: Run, number: int, total: int, args, load: Load) -> dict:
         workers=args.workers,
         threads=args.threads,
         external_latency_ms=args.external_latency_ms,
+        server=server,
     )
     with ExitStack() as stack:
         env = {}
@@ -180,12 +230,14 @@ def run_one(run: Run, number: int, total: int, args, load: Load) -> dict:
             # Server-side cursors do not survive transaction pooling (Django's docs).
             env = {"DATABASE_URL": bouncer.url, "DB_DISABLE_SERVER_SIDE_CURSORS": "1"}
             through = f", through PgBouncer with {side.server_connections} server connections"
-        say(
-            f"{label}: starting gunicorn ({args.workers}x{args.threads} threads, "
-            f"pool {side.pool_size}{through})"
+        workers = (
+            f"{args.workers}x{args.threads} threads"
+            if server == "wsgi"
+            else f"{args.workers} uvicorn worker{'s' if args.workers > 1 else ''}"
         )
+        say(f"{label}: starting gunicorn ({workers}, pool {side.pool_size}{through})")
         site = stack.enter_context(Site(config, args.port, args.out, env, name=run.files))
-        say(f"{label}: {args.users} users for {args.duration} s")
+        say(f"{label}: {load.users} users for {args.duration} s")
         result = measure_side(site, load, label, run.files, pool_size=side.pool_size, **measured)
     if side.server_connections:
         result["server_connections"] = side.server_connections
@@ -215,7 +267,8 @@ def fold(args, runs: list[Run], results_by_run: dict[Run, dict]) -> dict:
             if ("ceiling", None) in combined:
                 sides_of["ceiling"] = combined["ceiling", None]
             elif args.ceiling and str(args.pool_sizes[-1]) in sweep.get("baseline", {}):
-                sides_of["ceiling"] = sweep["baseline"][str(args.pool_sizes[-1])]  # stock at >= threads
+                # Stock with a pool at least as large as the ceiling's.
+                sides_of["ceiling"] = sweep["baseline"][str(args.pool_sizes[-1])]
             out.setdefault("connections_needed", {})[scenario] = connections_needed(
                 sweep, sides_of.get("ceiling")
             )
@@ -297,8 +350,6 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     try:
         decide_pgbouncer(args, notes)
-        runs = plan(args)
-        say(describe_plan(args, runs))
         if not args.targets:
             ensure_port_free(args.port)  # before starting anything
             if args.pgbouncer:
@@ -309,9 +360,13 @@ def main(argv: list[str] | None = None) -> int:
             shop = database.Shop()
         else:
             customers = os.environ.get("SHOP_CUSTOMER_IDS", "1-50")
+        # The ASGI ceiling's pool: what max_connections leaves, less what is open now.
+        args.connections_allowed = database.connections_allowed() if not args.targets else 0
+        runs = plan(args)
+        say(describe_plan(args, runs))
         config = {
             **{k: (str(v) if k == "out" else v) for k, v in vars(args).items()},
-            # No server with these threads answers requests that wait this long any faster.
+            # No server with these threads answers requests that wait this long any faster (WSGI).
             "latency_ceiling_rps": args.workers * args.threads * 1000 / max(args.external_latency_ms, 1),
             "machine": machine(),
         }
@@ -321,7 +376,12 @@ def main(argv: list[str] | None = None) -> int:
             if shop is not None:
                 shop.reset()
             load = Load(
-                run.scenario, args.users, args.duration, args.external_latency_ms, customers, args.out
+                run.scenario,
+                users_of(args, run.scenario),
+                args.duration,
+                args.external_latency_ms,
+                customers,
+                args.out,
             )
             done[run] = run_one(run, number, len(runs), args, load)
             results.update(fold(args, runs, done))

@@ -79,6 +79,21 @@ class Shop:
         connections.close_all()
 
 
+def connections_allowed(spare: int = 3) -> int:
+    """How many more connections the server takes now: max_connections less its reserved slots,
+    the connections open now and `spare` (this run's own, a psql someone opens)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int"
+            " - coalesce(current_setting('reserved_connections', true)::int, 0)"
+            " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+        )
+        (allowed,) = cursor.fetchone()
+    connections.close_all()
+    return max(1, allowed - spare)
+
+
 def embedded_server_running() -> bool:
     if os.environ.get("DATABASE_URL"):
         return False

@@ -5,6 +5,7 @@
     mixed   a shop: browsing, raw reports, orders, exports      MixedUser
     atomic  write transactions only (release gains nothing)    AtomicUser
     leaky   a raw cursor never closed (release cannot help)    LeakyUser
+    async   async ORM reads around an awaited call (ASGI)       AsyncUser
 
 Pick one by class name, e.g. `locust -f loadtests/locustfile.py RawUser`, or by
 scenario name with `--tags raw`. The external call's latency is the server's
@@ -156,3 +157,13 @@ class LeakyUser(ShopUser):
     @task
     def leaky_cursor(self) -> None:
         self.get_json("/api/raw/leaky/", "/api/raw/leaky/")
+
+
+class AsyncUser(ShopUser):
+    @tag("async")
+    @task
+    def product_then_awaited_call(self) -> None:
+        self.get_json(
+            f"/api/async/products/{self.product()}/with-external-call/",
+            "/api/async/products/[id]/with-external-call/",
+        )

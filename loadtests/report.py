@@ -28,6 +28,7 @@ ROWS = [
     ("wait_p95_ms", "wait for the pool, p95 (ms)", "{:.2f}"),
     ("checkouts_per_request", "checkouts per request", "{:.2f}"),
     ("pool_size", "app pool (connections per worker)", "{:d}"),
+    ("server", "server", "{}"),
     ("max_checked_out", "most connections out at once", "{:d}"),
     ("requests_ended_holding", "requests that ended holding (leaks)", "{:d}"),
     ("worker_cpu_ms_per_request", "worker CPU per request (ms)", "{:.2f}"),
@@ -38,13 +39,15 @@ ROWS = [
 def fmt(value, pattern: str) -> str:
     if value is None:
         return "–"
+    if isinstance(value, str):
+        return value
     if "d" in pattern:
         return pattern.format(int(value))
     return pattern.format(value)
 
 
 def ratio(release, baseline) -> str:
-    if release is None or baseline is None or baseline == 0:
+    if not isinstance(release, int | float) or not isinstance(baseline, int | float) or baseline == 0:
         return ""
     return f"×{release / baseline:.2f}"
 
@@ -58,6 +61,12 @@ def percent(part, whole) -> str:
 def present(sides: dict) -> list[str]:
     """The sides a scenario ran, in report order."""
     return [name for name in TITLES if isinstance(sides.get(name), dict)]
+
+
+def common_title(name: str, scenarios: dict) -> str:
+    """The side's title with its pool where every scenario gave it the same, else the bare title."""
+    titles = {side_title(name, s[name]) for s in scenarios.values() if isinstance(s.get(name), dict)}
+    return titles.pop() if len(titles) == 1 else TITLES[name]
 
 
 def side_title(name: str, side: dict) -> str:
@@ -115,8 +124,7 @@ def summary_table(results: dict) -> tuple[list[str], list[list[str]]]:
     """One row per scenario: the figures that decide it."""
     scenarios = results["scenarios"]
     names = [n for n in TITLES if any(isinstance(s.get(n), dict) for s in scenarios.values())]
-    first = {n: next(s[n] for s in scenarios.values() if isinstance(s.get(n), dict)) for n in names}
-    header = ["scenario", *[f"{side_title(n, first[n])} req/s" for n in names]]
+    header = ["scenario", *[f"{common_title(n, scenarios)} req/s" for n in names]]
     header += ["release / stock", "release / ceiling", "hold per checkout, stock → release (ms)"]
     header += ["p50 latency, stock → release (ms)", "failures / pool timeouts, release (others)"]
     rows = []
@@ -162,15 +170,40 @@ def sweep_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
     return header, rows
 
 
+def served_by(results: dict) -> dict[str, tuple[str, int | None]]:
+    """{scenario: (server, users)} from the sides that ran; wsgi for reports that predate ASGI."""
+    found = {}
+    for name, sides in results["scenarios"].items():
+        side = next((s for s in sides.values() if isinstance(s, dict)), {})
+        found[name] = (side.get("server", "wsgi"), side.get("users", results["config"].get("users")))
+    return found
+
+
+def servers_text(results: dict) -> str:
+    """'1 gunicorn worker(s) × 32 threads (wsgi: raw, orm, 64 users; asgi: async, 256 users)'."""
+    config = results["config"]
+    by_server: dict[str, list[str]] = {}
+    users: dict[str, set] = {}
+    for scenario, (server, count) in served_by(results).items():
+        by_server.setdefault(server, []).append(scenario)
+        users.setdefault(server, set()).add(count)
+    texts = []
+    for server, scenarios in by_server.items():
+        how = f"{config['threads']} threads" if server == "wsgi" else "uvicorn workers"
+        counts = "/".join(str(n) for n in sorted(users[server], key=str))
+        texts.append(f"{server} ({how}): {', '.join(scenarios)}, {counts} users")
+    return f"{config['workers']} gunicorn worker(s); " + "; ".join(texts or [f"{config['threads']} threads"])
+
+
 def config_text(results: dict) -> str:
     config = results["config"]
     m = config["machine"]
     sizes = config.get("pool_sizes") or []
     pools = f"pool sizes {', '.join(map(str, sizes))}" if sizes else f"pool size {config['pool_size']}"
     text = (
-        f"Pool {config['pool']}, {config['workers']} gunicorn worker(s) × {config['threads']} threads, "
-        f"{pools}, {config['users']} users, {config['duration']} s per side, "
-        f"external call {config['external_latency_ms']} ms (no server with these threads beats "
+        f"Pool {config['pool']}, {servers_text(results)}, "
+        f"{pools}, {config['duration']} s per side, "
+        f"external call {config['external_latency_ms']} ms (under wsgi, no server with these threads beats "
         f"{config['latency_ceiling_rps']:.0f} req/s). Machine: {m['cpu']} ({m['cores']} cores), "
         f"Python {m['python']}, Django {m['django']}, gunicorn {m.get('gunicorn', '?')}, "
         f"commit {m['commit']}."

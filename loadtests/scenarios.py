@@ -1,4 +1,4 @@
-"""The Locust scenarios by name, and the user class that plays each (loadtests/locustfile.py)."""
+"""The Locust scenarios by name, the user class that plays each (loadtests/locustfile.py), their server."""
 
 SCENARIOS = {
     "orm": "OrmUser",  # ORM product page, then a slow external call
@@ -6,6 +6,7 @@ SCENARIOS = {
     "mixed": "MixedUser",  # a shop: browsing, raw reports, orders, exports
     "atomic": "AtomicUser",  # write transactions only: release gains nothing
     "leaky": "LeakyUser",  # a raw cursor never closed: release cannot help
+    "async": "AsyncUser",  # an async view: async ORM reads around an awaited call (ASGI)
 }
 
 # Scenarios whose every request is the same query-then-external-call, and that
@@ -14,4 +15,18 @@ SINGLE_REQUEST_PATHS = {
     "orm": "/api/orm/products/{product}/with-external-call/",
     "raw": "/api/raw/products/{product}/with-external-call/",
     "leaky": "/api/raw/leaky/",
+    "async": "/api/async/products/{product}/with-external-call/",
 }
+
+# How each scenario is served unless --server says otherwise: "wsgi" (gunicorn's
+# gthread workers) or "asgi" (gunicorn with uvicorn workers).
+SERVERS = ("wsgi", "asgi")
+DEFAULT_SERVER = {"async": "asgi"}
+
+# Locust users per server unless --users says: under WSGI the worker's threads
+# bound the requests in flight; under ASGI only the clients do.
+DEFAULT_USERS = {"wsgi": 64, "asgi": 256}
+
+
+def server_of(scenario: str, chosen: str | None = None) -> str:
+    return chosen or DEFAULT_SERVER.get(scenario, "wsgi")

@@ -22,7 +22,7 @@ from loadtests.site import BASE_DIR, StartError, cpu_used
 TITLES = {
     "baseline": "stock",
     "release": "release",
-    "ceiling": "stock, pool = threads",
+    "ceiling": "ceiling (stock, no pool contention)",
     "pgbouncer": "stock + PgBouncer",
 }
 
@@ -132,9 +132,12 @@ def run_locust(url: str, load: Load, name: str) -> dict:
 
 
 def measure_side(
-    server: Server, load: Load, label: str, files: str, *, pool_size: int, workers: int, threads: int
+    server: Server, load: Load, label: str, files: str, *, pool_size: int, workers: int, threads: int | None
 ) -> dict:
-    """Load `server` for the scenario's duration and return the side's figures."""
+    """Load `server` for the scenario's duration and return the side's figures.
+
+    `threads`: each worker's, under WSGI; None under ASGI, where no thread count bounds the server.
+    """
     unloaded = measure_unloaded(server.url, load.scenario, pool_size)
     before = measure.fetch(server.url)
     cpu_before = server.worker_cpu_seconds()
@@ -180,7 +183,7 @@ def measure_side(
         "wall_seconds": round(elapsed, 1),
         "unloaded_latency_ms": unloaded.latency_ms,
         "unloaded_hold_mean_ms": unloaded.hold_mean_ms,
-        "thread_bound_rps": ratio(workers * threads * 1000, unloaded.latency_ms),
+        "thread_bound_rps": ratio(workers * threads * 1000, unloaded.latency_ms) if threads else None,
         "pool_size": pool_size,
         "locust_report": f"locust/{files}.html",
     }

@@ -1,4 +1,7 @@
-"""Start the sample site under gunicorn (for one side of a comparison, or a test), and stop it again."""
+"""Start the sample site under gunicorn (for one side of a comparison, or a test), and stop it again.
+
+Under WSGI or ASGI alike: project/gunicorn.conf.py picks gthread or uvicorn workers from SERVER.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ class SiteConfig:
     workers: int
     threads: int
     external_latency_ms: int
+    server: str = "wsgi"  # "wsgi" (gthread workers) or "asgi" (uvicorn workers)
 
 
 def ensure_port_free(port: int) -> None:
@@ -157,6 +161,7 @@ class Site(Gunicorn):
             "EXTERNAL_LATENCY_MS": str(config.external_latency_ms),
             "GUNICORN_WORKERS": str(config.workers),
             "GUNICORN_THREADS": str(config.threads),
+            "SERVER": config.server,
             "DJANGO_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }

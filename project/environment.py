@@ -26,6 +26,16 @@ def string(name: str, default: str = "") -> str:
     return default if value is None else value
 
 
+def choice(name: str, choices, default: str) -> str:
+    """One of `choices` (any collection of strings)."""
+    value = _raw(name)
+    if value is None:
+        return default
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} is not known: use one of {', '.join(choices)}.")
+    return value
+
+
 def boolean(name: str, default: bool = False) -> bool:
     value = _raw(name)
     if value is None:

@@ -1,16 +1,20 @@
-"""gunicorn settings for the sample site (gthread workers), read from the environment.
+"""gunicorn settings for the sample site, read from the environment.
 
+    SERVER            wsgi: project.wsgi on gthread workers    wsgi
+                      asgi: project.asgi on uvicorn workers (uvicorn_worker.UvicornWorker)
     GUNICORN_BIND     address to listen on            127.0.0.1:8000
     GUNICORN_WORKERS  worker processes                2
-    GUNICORN_THREADS  threads per worker              8
+    GUNICORN_THREADS  threads per worker (wsgi)       8
     GUNICORN_ACCESS_LOG  "1" to log every request     off
 
 Each worker opens its own connection pool after the fork (a pool's sockets and
 threads must never be shared with a forked child), and writes its metrics to
 PROMETHEUS_MULTIPROC_DIR so that /metrics adds all workers up.
 
-For ASGI, run the same file with uvicorn workers:
-    gunicorn -c project/gunicorn.conf.py -k uvicorn_worker.UvicornWorker project.asgi:application
+Under ASGI a worker runs each request's synchronous work (the ORM calls of an
+async view included) on a thread of that request's own, so nothing but the
+clients bounds the requests in flight; GUNICORN_THREADS does not apply.
+`-k` and an app given on the command line still override these.
 """
 
 import contextlib
@@ -23,11 +27,15 @@ from project import environment as env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-wsgi_app = "project.wsgi:application"
+SERVERS = {
+    "wsgi": ("project.wsgi:application", "gthread"),
+    "asgi": ("project.asgi:application", "uvicorn_worker.UvicornWorker"),
+}
+server = env.choice("SERVER", SERVERS, "wsgi")
+wsgi_app, worker_class = SERVERS[server]
 bind = env.string("GUNICORN_BIND", "127.0.0.1:8000")
 workers = env.integer("GUNICORN_WORKERS", 2)
 threads = env.integer("GUNICORN_THREADS", 8)
-worker_class = "gthread"
 timeout = 30
 graceful_timeout = 10
 accesslog = "-" if env.boolean("GUNICORN_ACCESS_LOG") else None

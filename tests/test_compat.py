@@ -250,3 +250,22 @@ def test_django_reads_psycopgs_info_through_queue_pools_proxy(database):
     assert isinstance(wrapper.connection.info, psycopg.ConnectionInfo)
     assert wrapper.connection.info.backend_pid == wrapper.driver_connection().info.backend_pid
     assert wrapper.pg_version >= 100000
+
+
+def test_a_responses_closers_run_before_request_finished_is_sent():
+    from django.core.signals import request_finished
+    from django.http import HttpResponse
+
+    heard = []
+    response = HttpResponse()
+    compat.call_when_closing(response, lambda: heard.append("closer"))
+
+    def receiver(**kwargs):
+        heard.append("request_finished")
+
+    request_finished.connect(receiver)
+    try:
+        response.close()
+    finally:
+        request_finished.disconnect(receiver)
+    assert heard == ["closer", "request_finished"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
 from apps.metrics import prometheus
 from apps.metrics.requests import RequestUsage, current
 from apps.web import unavailable
+from backends import compat
 
 
 class DatabaseUsageMiddleware:
@@ -35,6 +38,9 @@ class DatabaseUsageMiddleware:
         return self.finish(await self.get_response(request), usage)
 
     def finish(self, response: HttpResponse, usage: RequestUsage) -> HttpResponse:
+        # request_finished sums the request up. Under ASGI it runs in a context
+        # that never saw current.set() above: close() hands it the usage again.
+        compat.call_when_closing(response, partial(current.set, usage))
         response["Server-Timing"] = usage.server_timing()
         prometheus.http_requests_by_class(response.status_code).inc()
         return response
