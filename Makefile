@@ -19,16 +19,18 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## The A/B demonstration: stock Django, release, the ceiling (and PgBouncer where installed)
-## under Locust, report in reports/ (raw, orm, atomic; about 10 minutes on 2 cores).
+## under Locust, report in reports/ (raw, orm, atomic under gunicorn's threads, async under
+## uvicorn workers; about 8 minutes on 2 cores).
 .PHONY: demo-full sweep
 demo: install
 	@$(BIN)/python -m loadtests.compare $(COMPARE_ARGS)
 
-## Every scenario (orm, raw, mixed, atomic, leaky), 30 s per side: about 20 minutes on 2 cores.
+## Every scenario (orm, raw, mixed, atomic, leaky, async), 30 s per side: about 25 minutes on 2 cores.
 demo-full: install
 	@$(BIN)/python -m loadtests.compare --scenarios all --duration 30 $(COMPARE_ARGS)
 
 ## Connections needed: stock and release at pool sizes 1 to 32 (about 10 minutes on 2 cores).
+## Under ASGI: make sweep COMPARE_ARGS="--server asgi --scenarios async --pool-sizes 1,2,4,8,16,32,64"
 sweep: install
 	@$(BIN)/python -m loadtests.compare --scenarios raw,orm --pool-sizes 1,2,4,8,16,32 --duration 12 \
 		--overhead-rounds 0 $(COMPARE_ARGS)

@@ -43,7 +43,7 @@ from loadtests.arguments import parse_args
 from loadtests.machine import machine
 from loadtests.sampler import say
 from loadtests.scenarios import DEFAULT_USERS, server_of
-from loadtests.side import TITLES, Load, Remote, Side, measure_side, pool_size_of, ratio
+from loadtests.side import TITLES, Load, Remote, Side, measure_side, pool_size_of, ratio, server_of_site
 from loadtests.site import Site, SiteConfig, StartError, ensure_port_free
 
 # Seconds a side takes besides its load: gunicorn's start, the idle-server
@@ -187,7 +187,7 @@ def ceiling_text(args) -> str:
 
 def run_one(run: Run, number: int, total: int, args, load: Load) -> dict:
     result = measure_run(run, number, total, args, load)
-    result["server"] = server_of(run.scenario, args.server)
+    result.setdefault("server", server_of(run.scenario, args.server))
     result["users"] = load.users
     return result
 
@@ -209,6 +209,8 @@ def measure_run(run: Run, number: int, total: int, args, load: Load) -> dict:
         say(f"{label}: {load.users} users for {args.duration} s against {url} (pool {in_all or '?'} in all)")
         result = measure_side(Remote(url), load, label, run.files, pool_size=pool_size, **measured)
         result["url"] = url
+        # What the site runs under, where it says (compose picks it with SERVER).
+        result["server"] = server_of_site(url) or server
         return result
     config = SiteConfig(
         release=side.release,

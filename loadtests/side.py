@@ -189,6 +189,13 @@ def measure_side(
     }
 
 
+def server_of_site(url: str) -> str | None:
+    """ "asgi" or "wsgi", from the Server header a running site answers with, if it names one."""
+    with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
+        software = response.headers.get("Server", "").lower()
+    return "asgi" if "uvicorn" in software else "wsgi" if "gunicorn" in software else None
+
+
 def pool_size_of(url: str) -> int | None:
     """The app pool a running site reports (db_pool_max_connections, all workers), if it does."""
     size = measure.fetch(url).total("db_pool_max_connections")

@@ -280,6 +280,47 @@ def test_a_sweep_runs_both_engines_at_each_size_and_the_ceiling_when_no_size_rea
     assert runs[0].files == "raw-baseline-pool2-round1"
 
 
+def test_under_asgi_the_ceiling_takes_what_the_server_allows_and_more_users_come():
+    from loadtests.arguments import parse_args
+    from loadtests.compare import plan, users_of
+
+    args = parse_args(["--scenarios", "raw,async", "--no-pgbouncer", "--workers", "2"])
+    args.connections_allowed = 90  # what compare reads from the server once it is up
+    ceilings = {run.scenario: run.side.pool_size for run in plan(args) if run.side.name == "ceiling"}
+    assert ceilings == {"raw": 32, "async": 45}  # threads under wsgi; max_connections shared under asgi
+    assert (users_of(args, "raw"), users_of(args, "async")) == (64, 256)
+
+    args = parse_args(["--scenarios", "raw", "--server", "asgi", "--users", "10", "--pool-sizes", "1,64"])
+    args.connections_allowed = 90
+    assert [(run.side.name, run.side.pool_size) for run in plan(args)][-1] == ("ceiling", 90)
+    assert users_of(args, "raw") == 10
+    args.connections_allowed = 60  # stock at 64 is as large as the server allows: it is the ceiling
+    assert "ceiling" not in {run.side.name for run in plan(args)}
+
+
+@pytest.mark.load_suite
+def test_the_async_scenario_runs_under_asgi_and_each_side_says_so(tmp_path):
+    result = compare(
+        tmp_path, "--scenarios", "async", "--duration", "4", "--users", "16", "--pool-size", "1",
+        "--external-latency-ms", "20", "--overhead-rounds", "0", "--no-pgbouncer", "--port", str(free_port()),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    assert "async (asgi, 16 users)" in result.stdout
+    assert "uvicorn worker" in result.stdout
+
+    sides = json.loads((tmp_path / "report" / "report.json").read_text())["scenarios"]["async"]
+    for name in ("baseline", "release", "ceiling"):
+        assert sides[name].keys() >= METRIC_KEYS
+        assert sides[name]["server"] == "asgi" and sides[name]["users"] == 16
+        assert sides[name]["failures"] == 0
+        assert sides[name]["thread_bound_rps"] is None  # no thread count bounds an ASGI server
+    assert sides["ceiling"]["pool_size"] > 4  # more than the runner's threads: the server's room
+    # Stock holds the first read's connection through the awaited call and the second read.
+    assert sides["baseline"]["unloaded_hold_mean_ms"] > 20 > sides["release"]["unloaded_hold_mean_ms"]
+    assert sides["release"]["checkouts_per_request"] == pytest.approx(2, abs=0.1)
+    assert "async" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_connections_needed_is_the_smallest_pool_reaching_95_percent_of_the_best():
     from loadtests.compare import connections_needed
 
