@@ -36,6 +36,13 @@ APPS = (
     "get_or_create",
     "raw_query",
     "basic",
+    # The request's life around the connection: close_old_connections and ATOMIC_REQUESTS in the
+    # handlers, the ORM called from async code (sync_to_async threads), and a live server's
+    # request threads handed the test's own connection.
+    "handlers",
+    "asgi",
+    "async",
+    "servers",
 )
 
 
