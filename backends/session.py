@@ -42,6 +42,7 @@ from __future__ import annotations
 import re
 from contextlib import ContextDecorator
 
+from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections
 from psycopg.pq import TransactionStatus
 
@@ -211,9 +212,22 @@ class hold_connection(ContextDecorator):  # noqa: N801 - used like a function, a
     On a release engine the connection is borrowed on entering and stays until
     the outermost block ends; then, if session-level SQL ran inside, it is reset
     (``DISCARD ALL``) and given back, as after any query. Blocks nest, take
-    ``using=`` for another database, and work as a decorator. On any other
-    engine the connection is kept until the request ends anyway, and the block
-    changes nothing.
+    ``using=`` for another database, and work as a decorator (of a plain
+    function). On any other engine the connection is kept until the request
+    ends anyway, and the block changes nothing.
+
+    In async code, ``async with`` keeps the connection across awaits::
+
+        async with hold_connection():
+            await sync_to_async(set_statement_timeout)("2s")  # a plain SET
+            product = await Product.objects.aget(pk=pk)
+            await shipping.estimate(product)  # the session waits, kept
+            reviews = await product.reviews.acount()  # same session, timeout still set
+
+    The async ORM runs its queries on the request's thread (a thread-sensitive
+    sync_to_async), on that thread's connection; entering and leaving the
+    block run there too, so the hold applies to the connection those queries
+    use.
     """
 
     def __init__(self, using: str | None = None) -> None:
@@ -229,3 +243,9 @@ class hold_connection(ContextDecorator):  # noqa: N801 - used like a function, a
         wrapper = connections[self.using]
         if hasattr(wrapper, "hold"):
             wrapper.unhold()
+
+    async def __aenter__(self):
+        return await sync_to_async(self.__enter__, thread_sensitive=True)()
+
+    async def __aexit__(self, *exc_info) -> None:
+        await sync_to_async(self.__exit__, thread_sensitive=True)(*exc_info)

@@ -5,6 +5,7 @@ query, then a wait on another service. Each reports whether a database
 connection sat checked out during the wait (see apps/catalog/external.py).
 """
 
+from asgiref.sync import sync_to_async
 from django import forms
 from django.db import connection
 from django.db.models import Avg
@@ -24,6 +25,7 @@ from apps.catalog.queries import (
     review_stats,
 )
 from apps.web.http import ApiError, form_errors, json_api
+from backends.release import hold_connection
 
 
 class ApiProductFilterForm(ProductFilterForm):
@@ -158,3 +160,57 @@ async def async_product_with_external_call(request: HttpRequest, product_id: int
     estimate = await external.acall_with_report(product.pk)
     reviews = await product.reviews.acount()
     return JsonResponse({"product": product_json(product), "reviews": reviews, "external": estimate})
+
+
+# Session state across awaits (hold_connection) ---------------------------------------------
+
+# How long any one read of the page below may run.
+READ_TIME_LIMIT = "2s"
+
+
+def session_time_limit() -> tuple[int, str]:
+    """This thread's server session and its statement_timeout."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid(), current_setting('statement_timeout')")
+        return cursor.fetchone()
+
+
+def limit_session_reads(limit: str) -> None:
+    with connection.cursor() as cursor:
+        # set_config(..., false): for the session, not only a transaction.
+        cursor.execute("SELECT set_config('statement_timeout', %s, false)", [limit])
+
+
+@json_api("GET", "HEAD")
+async def async_product_with_time_limit(request: HttpRequest, product_id: int) -> JsonResponse:
+    """The `async` view's reads under one statement_timeout, set once for the session.
+
+    A transaction (SET LOCAL) would stay open through the awaited call. Instead
+    hold_connection() keeps one session for the block, across the await; when
+    the block ends the session is reset (DISCARD ALL) before the connection
+    goes back, so no later borrower inherits the timeout. The answer says what
+    the session was like when the block began and after the call.
+    """
+    async with hold_connection():
+        pid, found = await sync_to_async(session_time_limit)()
+        await sync_to_async(limit_session_reads)(READ_TIME_LIMIT)
+        try:
+            product = await Product.objects.select_related("category").aget(pk=product_id)
+        except Product.DoesNotExist:
+            raise ApiError(404, f"There is no product {product_id}.") from None
+        estimate = await external.acall_with_report(product.pk)
+        reviews = await product.reviews.acount()
+        pid_after, limit = await sync_to_async(session_time_limit)()
+    return JsonResponse(
+        {
+            "product": product_json(product),
+            "reviews": reviews,
+            "external": estimate,
+            "session": {
+                "backend_pid": pid,
+                "same_session_after_call": pid_after == pid,
+                "statement_timeout_found": found,
+                "statement_timeout_after_call": limit,
+            },
+        }
+    )

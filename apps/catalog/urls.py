@@ -30,4 +30,9 @@ urlpatterns = [
         api.async_product_with_external_call,
         name="api-async-external-call",
     ),
+    path(
+        "api/async/products/<int:product_id>/with-time-limit/",
+        api.async_product_with_time_limit,
+        name="api-async-time-limit",
+    ),
 ]

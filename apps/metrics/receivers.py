@@ -10,7 +10,7 @@ from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
 
 from apps.metrics import prometheus
-from apps.metrics.requests import Labels, current
+from apps.metrics.requests import Labels, end_request_usage, request_usage
 from backends import instrumentation
 
 
@@ -58,7 +58,7 @@ class MetricsWatcher(instrumentation.CheckoutWatcher):
     """
 
     def checked_out(self, connection, wait_seconds: float) -> None:
-        usage = current.get()
+        usage = request_usage()
         if usage is not None:
             labels = labels_of(connection)
             if labels is not None:
@@ -74,7 +74,7 @@ class MetricsWatcher(instrumentation.CheckoutWatcher):
         children.wait.observe(wait_seconds)
         children.hold.observe(hold_seconds)
         children.checkouts.inc()
-        usage = current.get()
+        usage = request_usage()
         if usage is not None:
             usage.alias(labels).hold_seconds += hold_seconds
 
@@ -83,13 +83,13 @@ class MetricsWatcher(instrumentation.CheckoutWatcher):
         if labels is None:
             return
         series(labels).timeouts.inc()
-        usage = current.get()
+        usage = request_usage()
         if usage is not None:
             usage.alias(labels).wait_seconds += wait_seconds
 
     def leaked(self, connection, open_cursors: int) -> None:
         labels = labels_of(connection)
-        usage = current.get()
+        usage = request_usage()
         if labels is not None and usage is not None:
             usage.alias(labels).ended_holding = True
 
@@ -137,10 +137,9 @@ def on_request_started(sender, **kwargs) -> None:
 def on_request_finished(sender, **kwargs) -> None:
     """Sum the request up; runs after Django closed the request's connections."""
     idle = in_flight.finished() == 0
-    usage = current.get()
+    usage = end_request_usage()
     if usage is None:
         return
-    current.set(None)
     for labels, alias in usage.by_alias.items():
         children = series(labels)
         if alias.checkouts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -27,6 +28,8 @@ class RequestUsage:
         usage = self.by_alias.get(labels)
         if usage is None:
             usage = self.by_alias[labels] = AliasUsage()
+            # The request's first checkout of this alias, on the thread that runs its queries.
+            _this_thread.usage = self
         return usage
 
     def server_timing(self) -> str:
@@ -57,3 +60,29 @@ def _held_now() -> float:
 # The current request's usage. The object is shared, so updates made in
 # sync_to_async threads (the async ORM) land in the same place.
 current: ContextVar[RequestUsage | None] = ContextVar("db_request_usage", default=None)
+
+# The same usage, kept by the thread that runs the request's queries, from its
+# first checkout until request_finished. Under ASGI, when the client goes away
+# while the view awaits, Django cancels the view's task and sends
+# request_finished itself, without response.close() (which hands the usage back
+# to the context the signal runs in: DatabaseUsageMiddleware.finish), from a
+# context that never saw `current` set. It runs on the request's thread all the
+# same, where the async ORM ran every query (thread-sensitive sync_to_async):
+# the receivers, and the checkouts they end, find the usage here.
+_this_thread = threading.local()
+
+
+def request_usage() -> RequestUsage | None:
+    """The usage of the request this code runs for, if any."""
+    usage = current.get()
+    if usage is None:
+        usage = getattr(_this_thread, "usage", None)
+    return usage
+
+
+def end_request_usage() -> RequestUsage | None:
+    """request_usage(), forgotten: the request has finished."""
+    usage = request_usage()
+    current.set(None)
+    _this_thread.usage = None
+    return usage

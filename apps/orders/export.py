@@ -22,17 +22,22 @@ Three things make the stream safe to rely on:
   logged once, at WARNING, and the stream ends there.
 
 Under ASGI, Django reads a synchronous streaming body completely before sending
-it, so the flat-memory property holds under WSGI (gunicorn, runserver).
+it, so that view keeps memory flat under WSGI (gunicorn, runserver); under ASGI
+(uvicorn), export_csv_async() streams the same blocks through an async iterator.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from itertools import chain
 
+from asgiref.sync import sync_to_async
 from django.db import transaction
+from django.http import HttpRequest, StreamingHttpResponse
+from django.views.decorators.http import require_safe
 
 from apps.orders.models import OrderLine
 from apps.web.unavailable import one_line
@@ -164,3 +169,53 @@ class OrderExport:
 
     def close(self) -> None:
         self._blocks.close()
+
+
+class AsyncOrderExport:
+    """OrderExport for ASGI: the same blocks, sent as they are read.
+
+    Django's ASGI handler reads a synchronous streaming body whole before it
+    sends anything; an async iterator it sends a piece at a time. Each block
+    still comes from csv_blocks(), through a thread-sensitive sync_to_async:
+    the generator, its transaction and its server-side cursor stay on the
+    request's thread, with that thread's connection, from the first block to
+    close(). Create one with ``await AsyncOrderExport.start()``, which reads
+    the first chunk as OrderExport() does.
+    """
+
+    def __init__(self, blocks: Iterator[str], header: str) -> None:
+        self._blocks = blocks
+        self._header = header
+
+    @classmethod
+    async def start(cls) -> AsyncOrderExport:
+        blocks = csv_blocks()
+        try:
+            header = await sync_to_async(next, thread_sensitive=True)(blocks)
+        except asyncio.CancelledError:
+            # The client went away while the first chunk was read: no response
+            # will close the generator, so close it here, on the request's
+            # thread, once next() there is done (a finalizer would do it in
+            # whichever thread collects it).
+            await sync_to_async(blocks.close, thread_sensitive=True)()
+            raise
+        return cls(blocks, header)
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        yield self._header
+        next_block = sync_to_async(next, thread_sensitive=True)
+        while (block := await next_block(self._blocks, None)) is not None:
+            yield block
+
+    def close(self) -> None:
+        # Django calls it through sync_to_async once the response is over or
+        # the client went away: on the request's thread.
+        self._blocks.close()
+
+
+@require_safe
+async def export_csv_async(request: HttpRequest) -> StreamingHttpResponse:
+    """/orders/export.csv for ASGI servers: streamed, with the same 503 before the first byte."""
+    response = StreamingHttpResponse(await AsyncOrderExport.start(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="orders.csv"'
+    return response
