@@ -18,7 +18,7 @@ RUN useradd --create-home --uid 10001 app
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 extras = p['optional-dependencies']; \
-print('\n'.join(p['dependencies'] + extras['dj-db-conn-pool'] + extras['load'] + extras['asgi']))" \
+print('\n'.join(p['dependencies'] + extras['dj-db-conn-pool'] + extras['load'] + extras['asgi'] + extras['tasks']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

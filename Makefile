@@ -1,7 +1,7 @@
 # Everything runs from a project-local virtualenv; the first target that needs it creates it.
 PYTHON ?= python3
 VENV   ?= .venv
-EXTRAS ?= local,dev,dj-db-conn-pool,load,asgi
+EXTRAS ?= local,dev,dj-db-conn-pool,load,asgi,tasks
 # An extra requirement for the install, e.g. DJANGO="Django>=6,<6.2"
 DJANGO ?=
 BIN    := $(VENV)/bin
@@ -53,6 +53,13 @@ faults: install
 ## What a dead pooled connection costs one query, each engine and psycopg_pool alone.
 dead-connection: install
 	@$(BIN)/python -m loadtests.deadconn
+
+## A Celery worker (threads pool, 32 threads) confirming orders, on the embedded PostgreSQL (or
+## DATABASE_URL), its broker a folder in .localdb/ (or CELERY_BROKER_URL). Queue tasks for it from
+## another terminal: .venv/bin/python -m loadtests.tasks queue 100
+.PHONY: worker
+worker: install
+	@$(BIN)/python -m loadtests.tasks worker
 
 ## Serve the sample site under gunicorn on the embedded PostgreSQL (or DATABASE_URL).
 run: install

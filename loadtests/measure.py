@@ -75,3 +75,17 @@ class Window:
     def distribution(self, histogram: str) -> list[tuple[float, float]]:
         """(upper bound, count in that bucket) for the window, for charts."""
         return self.histogram(histogram).pairs()
+
+
+def read_directory(path) -> Scrape:
+    """What the processes writing to a PROMETHEUS_MULTIPROC_DIR hold now, for one that serves no /metrics.
+
+    A task worker (loadtests/tasks.py) counts as the sites do, into its folder; read it from here.
+    """
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from apps.metrics.prometheus import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(path))
+    return Scrape.parse(generate_latest(registry).decode())

@@ -35,6 +35,37 @@ ROWS = [
     ("worker_busy_percent", "worker CPU busy under load (% of a core per worker)", "{:.0f}"),
 ]
 
+# A task worker's requests are tasks (loadtests/tasks.py): the same figures, said of tasks.
+TASK_LABELS = {
+    "rps": "throughput (tasks/s)",
+    "latency_p50_ms": "latency p50, queued to done (ms)",
+    "latency_p95_ms": "latency p95, queued to done (ms)",
+    "latency_p99_ms": "latency p99, queued to done (ms)",
+    "checkouts_per_request": "checkouts per task",
+    "requests_ended_holding": "tasks that ended holding (leaks)",
+    "worker_cpu_ms_per_request": "worker CPU per task (ms)",
+    "worker_busy_percent": "worker CPU busy under load (% of a core)",
+}
+TASK_ROWS = [
+    ("request_hold_mean_ms", "connection held per task, mean (ms)", "{:.2f}"),
+    ("tasks", "tasks queued", "{:d}"),
+]
+
+
+def runs_tasks(sides: dict) -> bool:
+    """Whether a scenario's sides are task workers rather than sites."""
+    return any(isinstance(side, dict) and side.get("server") == "worker" for side in sides.values())
+
+
+def unit(sides: dict) -> str:
+    return "tasks/s" if runs_tasks(sides) else "req/s"
+
+
+def rate_unit(scenarios: dict) -> str:
+    """What the summary's throughput columns count: requests, tasks, or either by scenario."""
+    units = {unit(sides) for sides in scenarios.values()}
+    return units.pop() if len(units) == 1 else "req/s (tasks/s)"
+
 
 def fmt(value, pattern: str) -> str:
     if value is None:
@@ -94,13 +125,13 @@ def headline(results: dict) -> list[str]:
             text = (
                 f"{name}: release with {pool(rel)} connections served {percent(rel['rps'], ceiling['rps'])} "
                 f"of stock Django with {pool(ceiling)} "
-                f"({rel['rps']:.0f} against {ceiling['rps']:.0f} req/s); "
+                f"({rel['rps']:.0f} against {ceiling['rps']:.0f} {unit(sides)}); "
                 f"stock with {pool(base)} served {base['rps']:.0f}"
             )
         else:
             text = (
-                f"{name}: release served {rel['rps']:.0f} req/s, stock {base['rps']:.0f} on the same pool "
-                f"of {pool(rel)} ({ratio(rel['rps'], base['rps'])})"
+                f"{name}: release served {rel['rps']:.0f} {unit(sides)}, stock {base['rps']:.0f} on the "
+                f"same pool of {pool(rel)} ({ratio(rel['rps'], base['rps'])})"
             )
         needed = needed_all.get(name)
         if needed:
@@ -124,7 +155,7 @@ def summary_table(results: dict) -> tuple[list[str], list[list[str]]]:
     """One row per scenario: the figures that decide it."""
     scenarios = results["scenarios"]
     names = [n for n in TITLES if any(isinstance(s.get(n), dict) for s in scenarios.values())]
-    header = ["scenario", *[f"{common_title(n, scenarios)} req/s" for n in names]]
+    header = ["scenario", *[f"{common_title(n, scenarios)} {rate_unit(scenarios)}" for n in names]]
     header += ["release / stock", "release / ceiling", "hold per checkout, stock → release (ms)"]
     header += ["p50 latency, stock → release (ms)", "failures / pool timeouts, release (others)"]
     rows = []
@@ -175,7 +206,10 @@ def served_by(results: dict) -> dict[str, tuple[str, int | None]]:
     found = {}
     for name, sides in results["scenarios"].items():
         side = next((s for s in sides.values() if isinstance(s, dict)), {})
-        found[name] = (side.get("server", "wsgi"), side.get("users", results["config"].get("users")))
+        if side.get("server") == "worker":
+            found[name] = ("worker", side.get("tasks"))
+        else:
+            found[name] = (side.get("server", "wsgi"), side.get("users", results["config"].get("users")))
     return found
 
 
@@ -189,9 +223,11 @@ def servers_text(results: dict) -> str:
         users.setdefault(server, set()).add(count)
     texts = []
     for server, scenarios in by_server.items():
-        how = f"{config['threads']} threads" if server == "wsgi" else "uvicorn workers"
+        how = {"wsgi": f"{config['threads']} threads", "worker": f"Celery, {config['threads']} threads"}
         counts = "/".join(str(n) for n in sorted(users[server], key=str))
-        texts.append(f"{server} ({how}): {', '.join(scenarios)}, {counts} users")
+        what = "tasks" if server == "worker" else "users"
+        how_served = how.get(server, "uvicorn workers")
+        texts.append(f"{server} ({how_served}): {', '.join(scenarios)}, {counts} {what}")
     return f"{config['workers']} gunicorn worker(s); " + "; ".join(texts or [f"{config['threads']} threads"])
 
 
@@ -208,6 +244,8 @@ def config_text(results: dict) -> str:
         f"Python {m['python']}, Django {m['django']}, gunicorn {m.get('gunicorn', '?')}, "
         f"commit {m['commit']}."
     )
+    if any(server == "worker" for server, _ in served_by(results).values()):
+        text += f" Each task calls the carrier for {config.get('task_latency_ms', '?')} ms."
     if config.get("rounds", 1) > 1:
         text += (
             f" Each side ran {config['rounds']} times, the first side alternating; figures are "
@@ -240,9 +278,12 @@ def of_bound(side: dict, threads: int) -> str:
     bound = side.get("thread_bound_rps")
     if not bound:
         return ""
+    alone = "one request on the idle server"
+    if side.get("server") == "worker":
+        alone = "one task on the idle worker"
     return (
         f" ({100 * side['rps'] / bound:.1f}% of the thread bound, {threads} threads ÷ "
-        f"{side['unloaded_latency_ms']:.1f} ms, one request on the idle server)"
+        f"{side['unloaded_latency_ms']:.1f} ms, {alone})"
     )
 
 
@@ -252,15 +293,21 @@ def sections(results: dict):
     for name, sides in results["scenarios"].items():
         names = present(sides)
         base, rel = sides.get("baseline") or {}, sides.get("release") or {}
+        per = unit(sides)
         verdict = (
-            f"Release serves {fmt(rel.get('rps'), '{:.1f}')} req/s{of_bound(rel, threads) if rel else ''}, "
-            f"baseline {fmt(base.get('rps'), '{:.1f}')} req/s: "
+            f"Release serves {fmt(rel.get('rps'), '{:.1f}')} {per}{of_bound(rel, threads) if rel else ''}, "
+            f"baseline {fmt(base.get('rps'), '{:.1f}')} {per}: "
             f"{ratio(rel.get('rps'), base.get('rps')) or 'n/a'}."
             f"{ran_first(sides)}{per_round(sides)}"
         )
+        tasks = runs_tasks(sides)
         rows = [
-            [label, *[fmt(sides[n].get(key), pattern) for n in names], ratio(rel.get(key), base.get(key))]
-            for key, label, pattern in ROWS
+            [
+                TASK_LABELS.get(key, label) if tasks else label,
+                *[fmt(sides[n].get(key), pattern) for n in names],
+                ratio(rel.get(key), base.get(key)),
+            ]
+            for key, label, pattern in ROWS + (TASK_ROWS if tasks else [])
         ]
         yield name, verdict, ["", *[side_title(n, sides[n]) for n in names], "release / stock"], rows
     table = sweep_table(results)

@@ -123,6 +123,49 @@ DATABASES = {
 
 # The simulated slow external service the shop's demo views call (apps/catalog/external.py).
 EXTERNAL_LATENCY_MS = env.integer("EXTERNAL_LATENCY_MS", default=50)
+# The carrier the order-confirmation task calls (apps/orders/tasks.py): tasks call slower services.
+TASK_EXTERNAL_LATENCY_MS = env.integer("TASK_EXTERNAL_LATENCY_MS", default=200)
+
+# Task worker ----------------------------------------------------------------
+# Celery reads the CELERY_* settings (project/celery.py). The broker is Redis under compose
+# (CELERY_BROKER_URL=redis://redis:6379/0); by default it is a folder on this disk (kombu's
+# filesystem transport, CELERY_BROKER_FOLDER), so a worker needs nothing but Python.
+# (The filesystem transport ignores the host; without one, kombu warns at every start.)
+CELERY_BROKER_URL = env.string("CELERY_BROKER_URL", default="filesystem://localhost/")
+
+
+def broker_settings(url: str, folder: Path) -> dict:
+    """Celery's broker_transport and broker_transport_options for `url`.
+
+    For the filesystem transport: project/broker.py's (messages written whole), its folders.
+    """
+    if not url.startswith("filesystem://"):
+        return {"broker_transport": None, "broker_transport_options": {}}
+    messages = str(folder / "messages")
+    options = {
+        # One folder both ways: producers write the messages where workers read them.
+        "data_folder_in": messages,
+        "data_folder_out": messages,
+        "control_folder": str(folder / "control"),
+        # How long an idle worker sleeps before it looks again (kombu's default: a second).
+        "polling_interval": 0.01,
+    }
+    return {"broker_transport": "project.broker:Transport", "broker_transport_options": options}
+
+
+_broker = broker_settings(
+    CELERY_BROKER_URL, Path(env.string("CELERY_BROKER_FOLDER", default=str(BASE_DIR / ".localdb" / "broker")))
+)
+CELERY_BROKER_TRANSPORT = _broker["broker_transport"]
+CELERY_BROKER_TRANSPORT_OPTIONS = _broker["broker_transport_options"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The threads pool: tasks that wait on other services share one process, as gunicorn's threads do.
+CELERY_WORKER_POOL = "threads"
+CELERY_WORKER_CONCURRENCY = env.integer("CELERY_WORKER_CONCURRENCY", default=32)
+# The shop's tasks write what they did to the database; nothing reads results from Celery.
+CELERY_TASK_IGNORE_RESULT = True
+# A file the worker creates once it takes tasks and removes when it stops (a readiness probe).
+WORKER_READY_FILE = env.string("WORKER_READY_FILE")
 
 # Log the stack where a cursor that was never closed had been opened.
 DB_LEAK_DIAGNOSTICS = env.boolean("DB_LEAK_DIAGNOSTICS", default=False)

@@ -66,3 +66,22 @@ class OrderLine(models.Model):
     @property
     def total(self) -> Decimal:
         return self.quantity * self.unit_price
+
+
+class Confirmation(models.Model):
+    """An order confirmation, as the confirm_order task (apps/orders/tasks.py) sends it."""
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="confirmations")
+    # Celery's id of the task that sent it: one confirmation per task, however often it is delivered.
+    task_id = models.CharField(max_length=255, unique=True)
+    delivery_days = models.PositiveSmallIntegerField()
+    sent_at = models.DateTimeField(default=timezone.now)
+    # The task's own report: whether it had a database connection checked out while it waited
+    # for the carrier (apps/catalog/external.holds_connection).
+    connection_held_during_call = models.BooleanField()
+
+    class Meta:
+        ordering = ["sent_at", "id"]
+
+    def __str__(self) -> str:
+        return f"confirmation of {self.order_id} by task {self.task_id}"

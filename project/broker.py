@@ -1,0 +1,41 @@
+"""The broker that needs nothing but Python: kombu's filesystem transport, with whole messages.
+
+Settings select it for CELERY_BROKER_URL=filesystem://... (the default). kombu
+creates a message's file under its final name and then writes into it; a worker
+that lists the folder in between takes an empty file, fails to decode it and
+stops ("Unrecoverable error: JSONDecodeError", celery/kombu#1551). Here a message
+is written under a name no reader takes and renamed into place, which is atomic
+within one file system.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from time import monotonic
+
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem
+from kombu.utils.encoding import str_to_bytes
+from kombu.utils.json import dumps
+
+PARTIAL_SUFFIX = ".partial"  # readers take only names ending in ".<queue>.msg"
+
+
+class Channel(filesystem.Channel):
+    def _put(self, queue, payload, **kwargs):
+        """Put `payload` onto `queue`, visible to readers only once it is whole."""
+        # kombu's own name: readers take messages in the order of their names.
+        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        filename = os.path.join(self.data_folder_out, name)
+        partial = filename + PARTIAL_SUFFIX
+        try:
+            with open(partial, "wb") as f:
+                f.write(str_to_bytes(dumps(payload)))
+            os.replace(partial, filename)
+        except OSError as exc:
+            raise ChannelError(f"Cannot add file {filename!r} to directory") from exc
+
+
+class Transport(filesystem.Transport):
+    Channel = Channel
