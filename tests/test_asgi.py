@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -177,7 +178,8 @@ async def fetch(port: int, path: str) -> Answer:
     try:
         writer.write(request_bytes(path))
         await writer.drain()
-        return parse(await reader.read())
+        # A server that stopped answering fails the test rather than hanging it.
+        return parse(await asyncio.wait_for(reader.read(), timeout=120))
     finally:
         writer.close()
         await writer.wait_closed()
@@ -286,13 +288,23 @@ def add_orders(shop, orders: int) -> int:
         return cursor.rowcount
 
 
+def send_buffer_limit() -> int:
+    """The most a TCP socket's send buffer grows to on this machine (net.ipv4.tcp_wmem)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 * 1024 * 1024  # Linux's default
+
+
 def in_transaction() -> bool:
     return any(session.state == "idle in transaction" for session in site_sessions())
 
 
 @pytest.mark.parametrize("release", ["cursor", "request"])
 def test_async_export_keeps_its_connection_until_the_stream_ends(serve_asgi, release):
-    lines = add_orders(make_shop(), orders=20_000)
+    # Twice what the server's socket can buffer (a line is over 80 bytes, an
+    # order has three): the stream cannot end before the test reads it.
+    lines = add_orders(make_shop(), orders=2 * send_buffer_limit() // (3 * 80))
     server = serve_asgi(release, DB_POOL_MAX_SIZE="2")
 
     # A small receive window, and the test reads nothing more for now: the
@@ -310,6 +322,23 @@ def test_async_export_keeps_its_connection_until_the_stream_ends(serve_asgi, rel
 
     assert answer.body.decode().endswith(TRAILER.format(count=lines))
     assert answer.body.count(b"\r\n") == lines + 2  # the header, the lines, the trailer
+    wait_until(lambda: not in_transaction(), "the export's transaction over")
+    wait_until(lambda: pool_is_at_rest(server), "its connection idle in the pool")
+    wait_until(lambda: requests_summed_up(server) == 1, "the export summed up at its end")
+    assert_log_is_clean(server)
+
+
+@pytest.mark.parametrize("release", ["cursor", "request"])
+def test_async_export_gives_its_connection_back_when_the_client_goes_away(serve_asgi, release):
+    add_orders(make_shop(), orders=2 * send_buffer_limit() // (3 * 80))
+    server = serve_asgi(release, DB_POOL_MAX_SIZE="2")
+
+    with open_request(server, "/orders/async/export.csv", receive_buffer=8192) as client:
+        client.recv(4096)
+        wait_until(in_transaction, "the export's session idle in its transaction")
+
+    # Django closes the response: the export's generator ends on the request's
+    # thread, its transaction rolled back, and the connection goes back.
     wait_until(lambda: not in_transaction(), "the export's transaction over")
     wait_until(lambda: pool_is_at_rest(server), "its connection idle in the pool")
     wait_until(lambda: requests_summed_up(server) == 1, "the export summed up at its end")
