@@ -236,16 +236,27 @@ def config_text(results: dict) -> str:
     m = config["machine"]
     sizes = config.get("pool_sizes") or []
     pools = f"pool sizes {', '.join(map(str, sizes))}" if sizes else f"pool size {config['pool_size']}"
-    text = (
-        f"Pool {config['pool']}, {servers_text(results)}, "
-        f"{pools}, {config['duration']} s per side, "
-        f"external call {config['external_latency_ms']} ms (under wsgi, no server with these threads beats "
-        f"{config['latency_ceiling_rps']:.0f} req/s). Machine: {m['cpu']} ({m['cores']} cores), "
-        f"Python {m['python']}, Django {m['django']}, gunicorn {m.get('gunicorn', '?')}, "
-        f"commit {m['commit']}."
+    servers = {server for server, _ in served_by(results).values()}
+    if servers == {"worker"}:
+        # Only task workers: no site, no Locust, no request's external call.
+        text = (
+            f"Pool {config['pool']}, a Celery worker (threads pool) × {config['threads']} threads, {pools}, "
+            f"each side the same {config.get('tasks', '?')} tasks, each calling the carrier for "
+            f"{config.get('task_latency_ms', '?')} ms."
+        )
+    else:
+        text = (
+            f"Pool {config['pool']}, {servers_text(results)}, "
+            f"{pools}, {config['duration']} s per side, "
+            f"external call {config['external_latency_ms']} ms (under wsgi, no server with these threads "
+            f"beats {config['latency_ceiling_rps']:.0f} req/s)."
+        )
+        if "worker" in servers:
+            text += f" Each task calls the carrier for {config.get('task_latency_ms', '?')} ms."
+    text += (
+        f" Machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}, Django {m['django']}, "
+        f"gunicorn {m.get('gunicorn', '?')}, commit {m['commit']}."
     )
-    if any(server == "worker" for server, _ in served_by(results).values()):
-        text += f" Each task calls the carrier for {config.get('task_latency_ms', '?')} ms."
     if config.get("rounds", 1) > 1:
         text += (
             f" Each side ran {config['rounds']} times, the first side alternating; figures are "

@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -184,6 +185,39 @@ def test_measure_side_runs_the_tasks_and_reports_them_as_a_side(tmp_path, monkey
     assert figures["checkouts_per_request"] == 3  # two reads, one write
     assert figures["pool_size"] == 2
     assert not Confirmation.objects.exists(), "the run deletes the confirmations it made"
+
+
+# The broker that needs nothing but Python -----------------------------------------------------------
+
+
+def test_filesystem_broker_shows_a_message_to_readers_only_once_it_is_whole(tmp_path, monkeypatch):
+    from kombu import Connection
+
+    from project import broker
+    from project.settings import broker_settings
+
+    options = broker_settings(FILESYSTEM_BROKER, tmp_path)
+    messages = Path(options["broker_transport_options"]["data_folder_in"])
+    messages.mkdir(parents=True)
+    seen_while_writing: list[list[str]] = []
+    serialize = broker.dumps
+
+    def dumps(payload):
+        # Called as the message is written: what would a worker listing the folder take now?
+        seen_while_writing.append([p.name for p in messages.iterdir() if p.name.endswith(".celery.msg")])
+        return serialize(payload)
+
+    monkeypatch.setattr(broker, "dumps", dumps)
+    with Connection(
+        FILESYSTEM_BROKER,
+        transport=options["broker_transport"],
+        transport_options=options["broker_transport_options"],
+    ) as connection:
+        queue = connection.SimpleQueue("celery")
+        queue.put({"order": 1})
+        assert seen_while_writing == [[]]
+        assert queue.get(timeout=1).payload == {"order": 1}
+        queue.close()
 
 
 # The worker as docker-compose.yml runs it ---------------------------------------------------------
