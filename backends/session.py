@@ -39,10 +39,11 @@ cost on the ORM path.
 
 from __future__ import annotations
 
+import functools
 import re
 from contextlib import ContextDecorator
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections
 from psycopg.pq import TransactionStatus
 
@@ -212,9 +213,9 @@ class hold_connection(ContextDecorator):  # noqa: N801 - used like a function, a
     On a release engine the connection is borrowed on entering and stays until
     the outermost block ends; then, if session-level SQL ran inside, it is reset
     (``DISCARD ALL``) and given back, as after any query. Blocks nest, take
-    ``using=`` for another database, and work as a decorator (of a plain
-    function). On any other engine the connection is kept until the request
-    ends anyway, and the block changes nothing.
+    ``using=`` for another database, and work as a decorator, of a plain
+    function or an ``async def`` one. On any other engine the connection is
+    kept until the request ends anyway, and the block changes nothing.
 
     In async code, ``async with`` keeps the connection across awaits::
 
@@ -249,3 +250,16 @@ class hold_connection(ContextDecorator):  # noqa: N801 - used like a function, a
 
     async def __aexit__(self, *exc_info) -> None:
         await sync_to_async(self.__exit__, thread_sensitive=True)(*exc_info)
+
+    def __call__(self, func):
+        # ContextDecorator would enter and leave around the call that makes the
+        # coroutine, before any of its body ran: hold across the awaits instead.
+        if iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def held(*args, **kwargs):
+                async with self._recreate_cm():
+                    return await func(*args, **kwargs)
+
+            return markcoroutinefunction(held)
+        return super().__call__(func)

@@ -408,6 +408,22 @@ def test_async_with_hold_connection_keeps_one_session_across_awaits(database):
     assert session_setting(alias) == before
 
 
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_hold_connection_decorates_an_async_function_across_its_awaits(database):
+    alias = database(release="cursor", max_size=1)
+
+    @hold_connection(using=alias)
+    async def session_work() -> tuple:
+        pid = await sync_to_async(backend_pid)(alias)
+        await asyncio.sleep(0.01)
+        return pid, await sync_to_async(holding)(alias), await sync_to_async(backend_pid)(alias)
+
+    pid, held_after_await, pid_after_await = async_to_sync(session_work)()
+
+    assert (held_after_await, pid_after_await) == (True, pid)
+    assert not holding(alias), "given back when the function returns"
+
+
 # An exhausted pool --------------------------------------------------------------------------------
 
 
