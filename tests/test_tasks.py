@@ -199,12 +199,14 @@ def test_filesystem_broker_shows_a_message_to_readers_only_once_it_is_whole(tmp_
     options = broker_settings(FILESYSTEM_BROKER, tmp_path)
     messages = Path(options["broker_transport_options"]["data_folder_in"])
     messages.mkdir(parents=True)
+    # A queue of this test's own: kombu keeps the bindings it has seen per process, not per folder.
+    name = f"test-{uuid.uuid4().hex}"
     seen_while_writing: list[list[str]] = []
     serialize = broker.dumps
 
     def dumps(payload):
         # Called as the message is written: what would a worker listing the folder take now?
-        seen_while_writing.append([p.name for p in messages.iterdir() if p.name.endswith(".celery.msg")])
+        seen_while_writing.append([p.name for p in messages.iterdir() if p.name.endswith(f".{name}.msg")])
         return serialize(payload)
 
     monkeypatch.setattr(broker, "dumps", dumps)
@@ -213,7 +215,7 @@ def test_filesystem_broker_shows_a_message_to_readers_only_once_it_is_whole(tmp_
         transport=options["broker_transport"],
         transport_options=options["broker_transport_options"],
     ) as connection:
-        queue = connection.SimpleQueue("celery")
+        queue = connection.SimpleQueue(name)
         queue.put({"order": 1})
         assert seen_while_writing == [[]]
         assert queue.get(timeout=1).payload == {"order": 1}
