@@ -288,17 +288,36 @@ def timeout_for(tasks: int, latency_ms: int, connections: int) -> float:
     return 60 + 2 * tasks * (latency_ms / 1000 + 0.01) / max(connections, 1)
 
 
-def measure_side(side, args, label: str, files: str) -> dict:
+# Seconds a side takes besides its tasks: the worker's start and warm stop, the tasks timed alone.
+SIDE_OVERHEAD_SECONDS = 8
+CPU_SECONDS_PER_TASK = 0.004  # the worker's, for the release engine on a 2-core VM
+
+
+def expected_seconds(side, args) -> float:
+    """About how long measure_side() takes for `side`: what bounds the tasks, plus the overhead.
+
+    Stock Django runs as many tasks at a time as it has connections, each for the
+    whole call; release as many as the worker has threads, or as its CPU allows.
+    """
+    call = args.task_latency_ms / 1000 + 0.01
+    at_once = min(side.pool_size, args.threads) if side.release == "request" else args.threads
+    seconds = max(args.tasks * call / at_once, args.tasks * CPU_SECONDS_PER_TASK)
+    return SIDE_OVERHEAD_SECONDS + UNLOADED_TASKS * call + seconds
+
+
+def measure_side(side, args, label: str, files: str, env: dict[str, str] | None = None) -> dict:
     """Run N confirm_order tasks through a worker for `side` (a loadtests.side.Side) and return its figures.
 
     `args` is compare's namespace: pool, threads (the worker's concurrency), out,
-    tasks (N) and task_latency_ms. The keys are those of loadtests.side.measure_side,
-    None where a figure has no meaning for a worker, plus "server": "worker".
+    tasks (N) and task_latency_ms. `env` is added to the worker's environment (a
+    DATABASE_URL through PgBouncer, say). The keys are those of
+    loadtests.side.measure_side, None where a figure has no meaning for a worker,
+    plus "server": "worker", "tasks" and "task_latency_ms".
     """
     orders = order_ids()
     prefix = f"{files}-{uuid.uuid4().hex[:8]}-"
     say(f"{label}: starting a Celery worker ({args.threads} threads, pool {side.pool_size})")
-    worker = Worker(args.out, worker_env(side, args), args.threads, name=files)
+    worker = Worker(args.out, {**worker_env(side, args), **(env or {})}, args.threads, name=files)
     with worker:
         unloaded = run_alone(worker, orders, prefix + "alone-", UNLOADED_TASKS, args.task_latency_ms)
         say(f"{label}: {args.tasks} tasks, each calling the carrier for {args.task_latency_ms} ms")

@@ -163,7 +163,7 @@ def test_stopping_the_worker_gives_back_every_connection(worker, order):
 
     assert server.stop() == 0, server.log_tail()  # a warm shutdown: the running task finishes first
     assert confirmation_of(task_id, server, timeout=1).connection_held_during_call is False
-    assert worker_sessions() == 0
+    wait_until(lambda: worker_sessions() == 0, "the worker's sessions ended", timeout=5)
     assert "Traceback" not in server.log()
 
 
