@@ -68,9 +68,9 @@ class Checkout:
     changes (saves a call per checkout).
     """
 
-    # Cursors opened on this checkout and not closed yet.
+    # Driver cursors opened on this checkout and not closed yet.
     open_cursors = 0
-    # Where each open cursor was created, by id(): only with the
+    # Where each open driver cursor was created, by id(): only with the
     # DB_LEAK_DIAGNOSTICS setting on (a stack costs tens of microseconds).
     opened_at: dict[int, str] | None = None
     # Why the connection stays with the wrapper until close() whatever the
@@ -81,32 +81,43 @@ class Checkout:
 
 
 class CountedCursorMixin:
-    """A cursor that tells its checkout when it opens and closes."""
+    """A cursor that tells its checkout when the driver cursor it wraps opens and closes.
+
+    Counted per driver cursor, not per wrapper: tools that log SQL wrap a
+    driver cursor a second time in the engine's own cursor class and close
+    only their wrapper. django-debug-toolbar's SQL panel does, for every
+    cursor, with a subclass of this one made around ``cursor.cursor``; counted
+    per wrapper, each query would leave a cursor open, and the connection with it.
+    """
 
     def __init__(self, cursor, db) -> None:
         super().__init__(cursor, db)
+        checkout = db.checkout
         # Cursors made while connect() is still configuring the connection
-        # belong to no checkout.
-        self.checkout = checkout = db.checkout
-        if checkout is not None:
+        # belong to no checkout; a driver cursor wrapped again counts once.
+        if checkout is not None and cursor not in db.counted_cursors:
+            db.counted_cursors[cursor] = checkout
             checkout.open_cursors += 1
             if db.trace_cursors:
                 if checkout.opened_at is None:
                     checkout.opened_at = {}
-                checkout.opened_at[id(self)] = "".join(traceback.format_stack(limit=12)[:-2])
+                checkout.opened_at[id(cursor)] = "".join(traceback.format_stack(limit=12)[:-2])
 
     def close(self) -> None:
+        cursor = self.cursor
         try:
-            self.cursor.close()
+            cursor.close()
         finally:
-            checkout, self.checkout = self.checkout, None
-            # A second close() counts once. A close from another thread (a
-            # finalizer) leaves the count alone: the connection then stays out
-            # until its owner closes it, which is safe.
+            # Whichever wrapper closes the driver cursor first ends its count;
+            # a second close(), of this wrapper or another, finds none. A
+            # close from another thread (a finalizer) ends it without counting
+            # it down: the connection then stays out until its owner closes
+            # it, which is safe.
+            checkout = self.db.counted_cursors.pop(cursor, None)
             if checkout is not None and self.db.owner_thread == _thread.get_ident():
                 checkout.open_cursors -= 1
                 if checkout.opened_at is not None:
-                    checkout.opened_at.pop(id(self), None)
+                    checkout.opened_at.pop(id(cursor), None)
                 self.db.cursor_closed(checkout)
 
     # No __del__ on purpose: the garbage collector may run in any thread, and
@@ -141,6 +152,10 @@ class CheckoutMixin:
         # Django's connections are per thread: the thread that builds a wrapper owns it.
         self.owner_thread = _thread.get_ident()
         self.trace_cursors = getattr(settings, "DB_LEAK_DIAGNOSTICS", False)
+        # The driver cursors the current checkout counts as open, each with
+        # that checkout. Emptied when a checkout ends: a cursor never closed
+        # is not kept alive past its checkout.
+        self.counted_cursors: dict = {}
         # How many hold_connection() blocks are open on this wrapper.
         self.holds = 0
 
@@ -255,6 +270,8 @@ class CheckoutMixin:
 
     def _close(self) -> None:
         checkout, self.checkout = self.checkout, None  # cursors still open belong to a checkout that is over
+        if self.counted_cursors:
+            self.counted_cursors = {}
         if checkout is not None and checkout.needs_reset and self.connection is not None:
             self.reset_session()
         super()._close()

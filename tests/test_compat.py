@@ -269,3 +269,22 @@ def test_a_responses_closers_run_before_request_finished_is_sent():
     finally:
         request_finished.disconnect(receiver)
     assert heard == ["closer", "request_finished"]
+
+
+# The driver cursors ----------------------------------------------------------------------------
+
+
+def test_driver_cursors_are_told_apart_by_identity():
+    """A checkout keys the driver cursors it counts by the cursor itself (CheckoutMixin.counted_cursors).
+
+    Django's cursor classes and psycopg's own (the named cursors of OPTIONS
+    server_side_binding) must not compare or hash by value.
+    """
+    for cursor_class in (
+        postgresql.Cursor,
+        postgresql.ServerBindingCursor,
+        postgresql.ServerSideCursor,
+        psycopg.ServerCursor,
+    ):
+        assert cursor_class.__eq__ is object.__eq__, cursor_class
+        assert cursor_class.__hash__ is object.__hash__, cursor_class
