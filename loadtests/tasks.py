@@ -209,7 +209,6 @@ class Progress(threading.Thread):
         self.base = worker.scrape()
         self.finished = 0
         self.max_checked_out = 0.0
-        self.busy_percents: list[float] = []
         self.changed = threading.Event()
         self.stopping = threading.Event()
 
@@ -231,8 +230,6 @@ class Progress(threading.Thread):
             cpu = self.worker.worker_cpu_seconds()
             used = cpu_used(cpu_then, cpu)
             busy = None if used is None else 100 * used / (now - then)
-            if busy is not None:
-                self.busy_percents.append(busy)
             window = measure.Window(scrape_then, scrape)
             say(
                 f"  {self.label}: {now - started:.0f} s, {self.finished}/{self.tasks} tasks, "
@@ -253,9 +250,6 @@ class Progress(threading.Thread):
             self.changed.wait(1.0)
             self.changed.clear()
         return True
-
-    def median_busy_percent(self) -> float | None:
-        return statistics.median(self.busy_percents) if self.busy_percents else None
 
 
 def worker_env(side, args) -> dict[str, str]:
@@ -340,7 +334,7 @@ def measure_side(side, args, label: str, files: str, env: dict[str, str] | None 
             progress.join()
         after = worker.scrape()
         cpu = cpu_used(cpu_before, worker.worker_cpu_seconds())
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - started  # from the first task queued to the last finished
     if not complete:
         say(f"{label}: {progress.finished} of {args.tasks} tasks finished within {timeout:.0f} s")
     done = finished_at(prefix, exclude=prefix + "alone-")
@@ -370,7 +364,7 @@ def measure_side(side, args, label: str, files: str, env: dict[str, str] | None 
         "max_checked_out": int(progress.max_checked_out),
         "hold_distribution": window.distribution("db_connection_hold_seconds"),
         "worker_cpu_ms_per_request": ms(ratio(cpu, progress.finished)),
-        "worker_busy_percent": progress.median_busy_percent(),
+        "worker_busy_percent": ratio(100 * cpu, elapsed) if cpu is not None else None,
         "wall_seconds": round(elapsed, 1),
         "queueing_seconds": round(queueing, 2),
         "unloaded_latency_ms": unloaded,
