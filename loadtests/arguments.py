@@ -60,6 +60,16 @@ def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namesp
         "server connections as release's pool (default: when a pgbouncer binary exists)",
     )
     parser.add_argument("--external-latency-ms", type=int, default=50, help="simulated call (default 50)")
+    parser.add_argument(
+        "--tasks", type=int, default=600, help="tasks queued per side in the tasks scenario (default 600)"
+    )
+    parser.add_argument(
+        "--task-latency-ms",
+        type=int,
+        default=200,
+        help="each task's call to the carrier, in the tasks scenario (default 200: tasks call slower "
+        "services than pages do)",
+    )
     parser.add_argument("--pool", choices=["native", "dj_db_conn_pool"], default="native")
     parser.add_argument("--port", type=int, default=8100, help="where the site listens (default 8100)")
     parser.add_argument("--seed", default="small", help="seed size, or 'none' (default small)")
@@ -100,11 +110,11 @@ def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namesp
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)} or all")
-    for name in ("duration", "users", "pool_size", "threads", "workers", "rounds"):
+    for name in ("duration", "users", "pool_size", "threads", "workers", "rounds", "tasks"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.external_latency_ms < 0:
-        parser.error("--external-latency-ms cannot be negative")
+    if args.external_latency_ms < 0 or args.task_latency_ms < 0:
+        parser.error("--external-latency-ms and --task-latency-ms cannot be negative")
     args.pool_sizes = pool_sizes(parser, args.pool_sizes)
     args.targets = targets(parser, args.target, args.allow_remote)
     if args.targets and args.pool_sizes:

@@ -21,9 +21,15 @@ before and after, stops everything it started and puts the shop's stock back.
 Writes report.json, report.md and report.html (with PNG charts) to --out
 (default reports/<timestamp>/) and prints the summary.
 
+The `tasks` scenario has no site and no Locust: each side is a Celery worker
+(threads pool, as many threads as --threads) that this run starts, and N
+queued tasks (--tasks) are its load; its req/s are tasks a second
+(loadtests.tasks).
+
 With --pool-sizes, stock and release run at each pool size instead, and the
 report says how many connections each needs. With --target, the sites are
-already running (under Docker Compose, say): nothing is started.
+already running (under Docker Compose, say): nothing is started, but the
+task workers of `tasks`.
 """
 
 from __future__ import annotations
@@ -31,18 +37,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from loadtests import database, pgbouncer, report, rounds
+from loadtests import database, pgbouncer, report, rounds, tasks
 from loadtests.arguments import parse_args
 from loadtests.machine import machine
 from loadtests.sampler import say
-from loadtests.scenarios import DEFAULT_USERS, server_of
+from loadtests.scenarios import DEFAULT_USERS, WORKER_SCENARIOS, server_of
 from loadtests.side import TITLES, Load, Remote, Side, measure_side, pool_size_of, ratio, server_of_site
 from loadtests.site import Site, SiteConfig, StartError, ensure_port_free
 
@@ -74,8 +81,15 @@ class Run:
         return name + (f"-round{self.round}" if self.rounds > 1 else "")
 
 
-def users_of(args, scenario: str) -> int:
-    return args.users or DEFAULT_USERS[server_of(scenario, args.server)]
+def users_of(args, scenario: str) -> int | None:
+    """Locust's users for `scenario`; None for a task worker's, whose load is --tasks."""
+    server = server_of(scenario, args.server)
+    return None if server == "worker" else args.users or DEFAULT_USERS[server]
+
+
+def started_here(args, scenario: str) -> bool:
+    """Whether this run starts what serves `scenario`: always, but for sites given with --target."""
+    return not args.targets or scenario in WORKER_SCENARIOS
 
 
 def ceiling_pool(args, scenario: str) -> int:
@@ -87,12 +101,12 @@ def ceiling_pool(args, scenario: str) -> int:
 
 def sides(args, scenario: str) -> list[Side]:
     """The sides `scenario` runs (without a sweep)."""
-    if args.targets:
+    if not started_here(args, scenario):
         return [Side(name, "", 0) for name in TITLES if name in args.targets]
     chosen = [Side("baseline", "request", args.pool_size), Side("release", "cursor", args.pool_size)]
     if args.ceiling:
         chosen.append(Side("ceiling", "request", ceiling_pool(args, scenario)))
-    if args.pgbouncer:
+    if args.pgbouncer and not args.targets:  # a worker beside running sites has no PgBouncer of its own
         # As many server connections as the release side has in all its workers.
         chosen.append(
             Side(
@@ -147,19 +161,22 @@ def side_order(chosen: list, flip: bool) -> list:
 
 
 def estimate_seconds(args, runs: list[Run]) -> float:
-    started = 0 if args.targets else SIDE_OVERHEAD_SECONDS
-    seconds = len(runs) * (args.duration + started)
+    seconds = sum(run_seconds(args, run) for run in runs)
     if not args.targets or args.prepare_database:
         seconds += PREPARE_SECONDS + args.overhead_rounds * OVERHEAD_SECONDS_PER_ROUND
     return seconds
 
 
+def run_seconds(args, run: Run) -> float:
+    if run.scenario in WORKER_SCENARIOS:
+        return tasks.expected_seconds(run.side, args)
+    return args.duration + (0 if args.targets else SIDE_OVERHEAD_SECONDS)
+
+
 def describe_plan(args, runs: list[Run]) -> str:
     per_side = args.duration + (0 if args.targets else SIDE_OVERHEAD_SECONDS)
     minutes = estimate_seconds(args, runs) / 60
-    scenarios = ", ".join(
-        f"{name} ({server_of(name, args.server)}, {users_of(args, name)} users)" for name in args.scenarios
-    )
+    scenarios = ", ".join(load_text(args, name) for name in args.scenarios)
     if args.pool_sizes:
         what = f"pool sizes {','.join(map(str, args.pool_sizes))} x stock and release"
     else:
@@ -170,8 +187,15 @@ def describe_plan(args, runs: list[Run]) -> str:
     rounds_text = f" x {args.rounds} rounds" if args.rounds > 1 else ""
     return (
         f"plan: {len(args.scenarios)} scenario(s): {scenarios} x {what}{rounds_text} = "
-        f"{len(runs)} runs of ~{per_side} s, about {minutes:.0f} min in all"
+        f"{len(runs)} runs (~{per_side} s each with Locust), about {minutes:.0f} min in all"
     )
+
+
+def load_text(args, scenario: str) -> str:
+    server = server_of(scenario, args.server)
+    if server == "worker":
+        return f"{scenario} (worker of {args.threads} threads, {args.tasks} tasks of {args.task_latency_ms} ms)"
+    return f"{scenario} ({server}, {users_of(args, scenario)} users)"
 
 
 def ceiling_text(args) -> str:
@@ -179,6 +203,7 @@ def ceiling_text(args) -> str:
     servers = dict.fromkeys(server_of(name, args.server) for name in args.scenarios)
     texts = {
         "wsgi": f"a pool of {args.threads} (one per thread) under wsgi",
+        "worker": f"a pool of {args.threads} (one per thread) in the worker",
         "asgi": f"a pool of {max(1, args.connections_allowed // args.workers)} under asgi "
         "(all the server's max_connections leaves: threads do not bound asgi)",
     }
@@ -186,10 +211,38 @@ def ceiling_text(args) -> str:
 
 
 def run_one(run: Run, number: int, total: int, args, load: Load) -> dict:
+    if run.scenario in WORKER_SCENARIOS:
+        return measure_tasks(run, number, total, args)
     result = measure_run(run, number, total, args, load)
     result.setdefault("server", server_of(run.scenario, args.server))
     result["users"] = load.users
     return result
+
+
+def measure_tasks(run: Run, number: int, total: int, args) -> dict:
+    """One side of `tasks`: a worker this run starts, through PgBouncer for that side."""
+    side = run.side
+    label = f"side {number}/{total} {run.scenario}/{side.name}"
+    if run.sweep:
+        label += f" (pool {side.pool_size})"
+    if run.rounds > 1:
+        label += f" (round {run.round}/{run.rounds})"
+    with ExitStack() as stack:
+        env = stack.enter_context(through_pgbouncer(side, args)) if side.server_connections else None
+        result = tasks.measure_side(side, args, label, run.files, env)
+    if side.server_connections:
+        result["server_connections"] = side.server_connections
+    return result
+
+
+@contextmanager
+def through_pgbouncer(side: Side, args) -> Iterator[dict[str, str]]:
+    """PgBouncer in front of the database for `side`; the environment that sends a site or worker there."""
+    with pgbouncer.PgBouncer(
+        os.environ["DATABASE_URL"], args.port + 1, side.server_connections, args.out
+    ) as bouncer:
+        # Server-side cursors do not survive transaction pooling (Django's docs).
+        yield {"DATABASE_URL": bouncer.url, "DB_DISABLE_SERVER_SIDE_CURSORS": "1"}
 
 
 def measure_run(run: Run, number: int, total: int, args, load: Load) -> dict:
@@ -225,12 +278,7 @@ def measure_run(run: Run, number: int, total: int, args, load: Load) -> dict:
         env = {}
         through = ""
         if side.server_connections:
-            bouncer = pgbouncer.PgBouncer(
-                os.environ["DATABASE_URL"], args.port + 1, side.server_connections, args.out
-            )
-            stack.enter_context(bouncer)
-            # Server-side cursors do not survive transaction pooling (Django's docs).
-            env = {"DATABASE_URL": bouncer.url, "DB_DISABLE_SERVER_SIDE_CURSORS": "1"}
+            env = stack.enter_context(through_pgbouncer(side, args))
             through = f", through PgBouncer with {side.server_connections} server connections"
         workers = (
             f"{args.workers}x{args.threads} threads"

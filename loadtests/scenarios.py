@@ -7,6 +7,7 @@ SCENARIOS = {
     "atomic": "AtomicUser",  # write transactions only: release gains nothing
     "leaky": "LeakyUser",  # a raw cursor never closed: release cannot help
     "async": "AsyncUser",  # an async view: async ORM reads around an awaited call (ASGI)
+    "tasks": None,  # no Locust: a Celery worker's threads confirm orders (loadtests.tasks)
 }
 
 # Scenarios whose every request is the same query-then-external-call, and that
@@ -28,5 +29,11 @@ DEFAULT_SERVER = {"async": "asgi"}
 DEFAULT_USERS = {"wsgi": 64, "asgi": 256}
 
 
+# Scenarios served by a task worker this run starts, whatever --server and --target say.
+WORKER_SCENARIOS = frozenset({"tasks"})
+
+
 def server_of(scenario: str, chosen: str | None = None) -> str:
+    if scenario in WORKER_SCENARIOS:
+        return "worker"
     return chosen or DEFAULT_SERVER.get(scenario, "wsgi")

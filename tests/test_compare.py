@@ -298,6 +298,24 @@ def test_under_asgi_the_ceiling_takes_what_the_server_allows_and_more_users_come
     assert "ceiling" not in {run.side.name for run in plan(args)}
 
 
+def test_tasks_run_on_workers_this_run_starts_even_beside_running_sites():
+    from loadtests.arguments import parse_args
+    from loadtests.compare import describe_plan, plan, users_of
+
+    argv = ["--scenarios", "raw,tasks", "--target", "release=http://127.0.0.1:1"]
+    args = parse_args([*argv, "--target", "baseline=http://127.0.0.1:2", "--tasks", "50", "--threads", "8"])
+    args.connections_allowed = 0
+    by_scenario: dict[str, list] = {}
+    for run in plan(args):
+        by_scenario.setdefault(run.scenario, []).append((run.side.name, run.side.release, run.side.pool_size))
+    assert sorted(by_scenario["raw"]) == [("baseline", "", 0), ("release", "", 0)]  # the running sites
+    assert sorted(by_scenario["tasks"]) == [
+        ("baseline", "request", 4), ("ceiling", "request", 8), ("release", "cursor", 4),
+    ]  # fmt: skip
+    assert users_of(args, "tasks") is None
+    assert "tasks (worker of 8 threads, 50 tasks of 200 ms)" in describe_plan(args, plan(args))
+
+
 @pytest.mark.load_suite
 def test_the_async_scenario_runs_under_asgi_and_each_side_says_so(tmp_path):
     result = compare(
