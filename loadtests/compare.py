@@ -194,7 +194,8 @@ def describe_plan(args, runs: list[Run]) -> str:
 def load_text(args, scenario: str) -> str:
     server = server_of(scenario, args.server)
     if server == "worker":
-        return f"{scenario} (worker of {args.threads} threads, {args.tasks} tasks of {args.task_latency_ms} ms)"
+        tasks_text = f"{args.tasks} tasks of {args.task_latency_ms} ms"
+        return f"{scenario} (worker of {args.threads} threads, {tasks_text})"
     return f"{scenario} ({server}, {users_of(args, scenario)} users)"
 
 
