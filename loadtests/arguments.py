@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namesp
     )
     parser.add_argument("--external-latency-ms", type=int, default=50, help="simulated call (default 50)")
     parser.add_argument(
-        "--tasks", type=int, default=600, help="tasks queued per side in the tasks scenario (default 600)"
+        "--tasks", type=int, default=1200, help="tasks queued per side in the tasks scenario (default 1200)"
     )
     parser.add_argument(
         "--task-latency-ms",

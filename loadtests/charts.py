@@ -41,6 +41,10 @@ def grouped_bars(ax, results: dict, value, label=None) -> None:
     ax.set_xticks(range(len(names)), [scenario_label(results, n) for n in names])
 
 
+def rate_label(results: dict) -> str:
+    return "requests (tasks) per second" if "tasks" in results["scenarios"] else "requests per second"
+
+
 def legend_label(results: dict, side: str) -> str:
     """The side's title, with its pool when every scenario gave it the same one."""
     pools = {
@@ -84,7 +88,7 @@ def throughput(results: dict, out: Path) -> str:
         if sides.get("ceiling"):  # the ceiling across the whole group, to read every bar against it
             ax.hlines(sides["ceiling"]["rps"], position - 0.45, position + 0.45, colors=COLOURS["ceiling"],
                       linestyles="--", linewidth=1)  # fmt: skip
-    ax.set_ylabel("requests per second")
+    ax.set_ylabel(rate_label(results))
     ax.set_title("Throughput, higher is better (the dashed line: the ceiling, stock with no pool contention)")
     ax.set_ylim(top=ax.get_ylim()[1] * 1.18)
     ax.legend(fontsize=8, loc="upper center", ncols=4)
@@ -126,7 +130,7 @@ def sweep(results: dict, out: Path) -> str:
         ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
         ax.set_title(f"{scenario}: throughput against pool size")
         ax.set_xlabel("pool size (connections per worker, log 2)")
-        ax.set_ylabel("requests per second")
+        ax.set_ylabel(f"{'tasks' if scenario == 'tasks' else 'requests'} per second")
         ax.legend(fontsize=7, loc="lower right")
     return save(fig, out, "sweep.png")
 
