@@ -33,9 +33,12 @@ import pytest
 import sentry_sdk
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.contrib.staticfiles.storage import staticfiles_storage
+from django.core.checks.registry import registry
 from django.core.handlers.wsgi import WSGIHandler
 from django.db import connection, connections
 from django.http import JsonResponse
+from django.test.utils import override_system_checks
 from django.urls import include, path
 from opentelemetry.instrumentation.django import DjangoInstrumentor
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
@@ -201,6 +204,53 @@ def site(settings):
     settings.EXTERNAL_LATENCY_MS = 1
 
 
+# Patches for good, put back -----------------------------------------------------------------------
+
+
+# What a patch replaces; other module state (caches Django resets itself) is left as it is.
+PATCHED_TYPES = (types.FunctionType, property)
+
+
+def django_modules_and_classes() -> list:
+    owners = []
+    for name, module in list(sys.modules.items()):
+        if module is not None and (name == "django" or name.startswith("django.")):
+            owners.append(module)
+            # type(v), not isinstance(): that asks a lazy object for its __class__, which evaluates it.
+            owners += [v for v in vars(module).values() if issubclass(type(v), type) and v.__module__ == name]
+    return owners
+
+
+@contextmanager
+def patches_put_back() -> Iterator[None]:
+    """Put back what the block patched for good: Django's functions, the static files storage's bases.
+
+    The functions and properties of Django's modules and classes (Sentry's
+    integration, the toolbar's cache panel), and the base classes of the
+    static files storage's class (the toolbar's static files panel). Neither
+    package has a way to undo them. What they patch is imported before the
+    snapshot: the handlers here, the rest with the packages at the top of this
+    module (importing them patches nothing).
+    """
+    import django.core.handlers.asgi  # noqa: F401 - Sentry patches ASGIHandler
+
+    storage_class = staticfiles_storage.__class__  # the configured storage's class, not the lazy object's
+    storage_bases = storage_class.__bases__
+    saved = [
+        (owner, {name: value for name, value in vars(owner).items() if type(value) in PATCHED_TYPES})
+        for owner in django_modules_and_classes()
+    ]
+    try:
+        yield
+    finally:
+        missing = object()
+        for owner, before in saved:
+            for name, value in before.items():
+                if vars(owner).get(name, missing) is not value:
+                    setattr(owner, name, value)
+        storage_class.__bases__ = storage_bases
+
+
 # django-debug-toolbar -----------------------------------------------------------------------------
 
 
@@ -212,12 +262,17 @@ def show_toolbar(request) -> bool:
 def debug_toolbar(request, settings) -> Iterator[None]:
     """The toolbar as its installation guide sets it up, shown on every request, its SQL panel on."""
     settings.DEBUG = request.param  # on: Django's debug cursors, which the panel subclasses the same way
-    settings.INSTALLED_APPS = [*settings.INSTALLED_APPS, "debug_toolbar"]
+    settings.DEBUG_TOOLBAR_CONFIG = {"SHOW_TOOLBAR_CALLBACK": f"{__name__}.show_toolbar"}
+    # The toolbar's ready() adds itself to MIGRATION_MODULES, in place: a copy's.
+    settings.MIGRATION_MODULES = dict(settings.MIGRATION_MODULES)
     first, *rest = settings.MIDDLEWARE  # the metrics middleware stays first
     settings.MIDDLEWARE = [first, "debug_toolbar.middleware.DebugToolbarMiddleware", *rest]
-    settings.DEBUG_TOOLBAR_CONFIG = {"SHOW_TOOLBAR_CALLBACK": f"{__name__}.show_toolbar"}
-    settings.ROOT_URLCONF = site_urls(path("__debug__/", include("debug_toolbar.urls")))
-    yield
+    # Loading its app registers its system checks, and its panels' ready()
+    # patch Django's cache handler and the static files storage, for good.
+    with override_system_checks(registry.get_checks()), patches_put_back():
+        settings.INSTALLED_APPS = [*settings.INSTALLED_APPS, "debug_toolbar"]
+        settings.ROOT_URLCONF = site_urls(path("__debug__/", include("debug_toolbar.urls")))
+        yield
     # The SQL panel replaces cursor() and chunked_cursor() on each connection
     # object it instruments, for good: drop those objects, so that the next
     # access builds them anew from the settings.
@@ -263,18 +318,6 @@ class KeptEnvelopes(Transport):
 
 
 SENTRY_CODE = f"{os.sep}sentry_sdk{os.sep}"
-# What a patch replaces; other module state (caches Django resets itself) is left as it is.
-PATCHED_TYPES = (types.FunctionType, property)
-
-
-def django_modules_and_classes() -> list:
-    owners = []
-    for name, module in list(sys.modules.items()):
-        if module is not None and (name == "django" or name.startswith("django.")):
-            owners.append(module)
-            # type(v), not isinstance(): that asks a lazy object for its __class__, which evaluates it.
-            owners += [v for v in vars(module).values() if issubclass(type(v), type) and v.__module__ == name]
-    return owners
 
 
 def sentrys_patches() -> list[str]:
@@ -290,37 +333,11 @@ def sentrys_patches() -> list[str]:
     return found
 
 
-@contextmanager
-def djangos_functions_put_back() -> Iterator[None]:
-    """Put back the functions and properties the block replaced in Django's modules and classes.
-
-    Sentry's integrations patch Django in place, once per process, and have no
-    way to undo it. What it patches is imported before the snapshot: the
-    handlers here, the rest with the integration at the top of this module
-    (importing it patches nothing; init() does).
-    """
-    import django.core.handlers.asgi  # noqa: F401 - Sentry patches ASGIHandler
-
-    saved = [
-        (owner, {name: value for name, value in vars(owner).items() if type(value) in PATCHED_TYPES})
-        for owner in django_modules_and_classes()
-    ]
-    try:
-        yield
-    finally:
-        missing = object()
-        for owner, before in saved:
-            for name, value in before.items():
-                if vars(owner).get(name, missing) is not value:
-                    setattr(owner, name, value)
-    assert sentrys_patches() == [], "Sentry patched a Django module imported while it was on"
-
-
 @pytest.fixture(scope="class")
 def sentry() -> Iterator[KeptEnvelopes]:
     """Sentry's Django integration, on for the tests of a class, every transaction and its spans kept."""
     kept = KeptEnvelopes()
-    with djangos_functions_put_back():
+    with patches_put_back():
         sentry_sdk.init(
             dsn="http://public@127.0.0.1:9/1",  # never reached: the transport keeps everything
             transport=kept,
@@ -335,6 +352,7 @@ def sentry() -> Iterator[KeptEnvelopes]:
         finally:
             sentry_sdk.get_client().close()
             sentry_sdk.get_global_scope().set_client(None)
+    assert sentrys_patches() == [], "Sentry patched a Django module imported while it was on"
 
 
 class TestSentry:
