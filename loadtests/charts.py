@@ -89,7 +89,7 @@ def throughput(results: dict, out: Path) -> str:
             ax.hlines(sides["ceiling"]["rps"], position - 0.45, position + 0.45, colors=COLOURS["ceiling"],
                       linestyles="--", linewidth=1)  # fmt: skip
     ax.set_ylabel(rate_label(results))
-    ax.set_title("Throughput, higher is better (the dashed line: the ceiling, stock with no pool contention)")
+    ax.set_title("Throughput, higher is better (dashed: the ceiling, stock with every connection it can use)")
     ax.set_ylim(top=ax.get_ylim()[1] * 1.18)
     ax.legend(fontsize=8, loc="upper center", ncols=4)
     return save(fig, out, "throughput.png")

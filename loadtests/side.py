@@ -22,7 +22,7 @@ from loadtests.site import BASE_DIR, StartError, cpu_used
 TITLES = {
     "baseline": "stock",
     "release": "release",
-    "ceiling": "ceiling (stock, no pool contention)",
+    "ceiling": "ceiling (stock, every connection it can use)",
     "pgbouncer": "stock + PgBouncer",
 }
 
