@@ -90,6 +90,23 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## The alerting rules (docker/prometheus/alerts.yml, docs/operating.md): promtool checks both
+## Prometheus configs and runs the rules' unit tests. Debian: apt-get install prometheus.
+.PHONY: alerts-test prometheus
+PROMTOOL ?= promtool
+alerts-test:
+	$(PROMTOOL) check config docker/prometheus/prometheus.yml docker/prometheus/native.yml
+	$(PROMTOOL) test rules docker/prometheus/alerts_test.yml
+	@echo "==> rules and configs valid, every alert's unit tests passed"
+
+## Prometheus for `make run-ab`'s two sites (start those first), its data in a fresh temporary
+## folder; then http://127.0.0.1:9090/targets (both sites up) and /alerts.
+PROMETHEUS ?= prometheus
+prometheus:
+	@data=$$(mktemp -d) && echo "==> Prometheus on http://127.0.0.1:9090 for :8000 and :8001, data in $$data" && \
+		$(PROMETHEUS) --config.file=docker/prometheus/native.yml --storage.tsdb.path=$$data \
+			--web.listen-address=127.0.0.1:9090
+
 db-start: install
 	@$(BIN)/python -m devtools.localdb start
 db-stop: install
