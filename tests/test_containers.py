@@ -56,8 +56,8 @@ def _compose_defaults(service: dict) -> dict:
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose is not installed")
 @pytest.mark.parametrize(
     "profile",
-    [[], ["--profile", "pgbouncer"], ["--profile", "compare"]],
-    ids=["default", "pgbouncer", "compare"],
+    [[], ["--profile", "pgbouncer"], ["--profile", "compare"], ["--profile", "monitoring"]],
+    ids=["default", "pgbouncer", "compare", "monitoring"],
 )
 def test_compose_file_is_valid(profile):
     result = subprocess.run(
