@@ -249,14 +249,6 @@ class CheckoutMixin:
 
     # Ending -----------------------------------------------------------------------
 
-    def release(self) -> None:
-        """Give the connection back to the pool: close() without what only matters mid-transaction."""
-        try:
-            self._close()
-        finally:
-            self.connection = None
-        self.released = True
-
     def close(self) -> None:
         checkout = self.checkout
         if (
