@@ -62,6 +62,11 @@ def watch(watcher: CheckoutWatcher) -> None:
         _watchers = (*_watchers, watcher)
 
 
+def unwatch(watcher: CheckoutWatcher) -> None:
+    global _watchers
+    _watchers = tuple(w for w in _watchers if w is not watcher)
+
+
 @contextmanager
 def unwatched() -> Iterator[None]:
     """No watcher hears of checkouts inside the block (what the engines cost on their own)."""

@@ -70,8 +70,7 @@ class NativePoolMixin:
         if not settings_dict["OPTIONS"].get("pool"):
             raise ImproperlyConfigured(
                 f"DATABASES[{alias!r}] uses {settings_dict['ENGINE']!r}, which needs Django's "
-                'connection pool: add "OPTIONS": {"pool": {"min_size": 1, "max_size": 4}} '
-                "(or set DB_POOL=native in this project's environment)."
+                'connection pool: add "OPTIONS": {"pool": {"min_size": 1, "max_size": 4}} to it.'
             )
         options = settings_dict["OPTIONS"]["pool"]
         options = options if isinstance(options, dict) else {}  # `True`: psycopg_pool's defaults

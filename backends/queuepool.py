@@ -17,8 +17,8 @@ try:
 except ImportError as exc:
     raise ImproperlyConfigured(
         "This engine needs django-db-connection-pool. Install it with "
-        "`pip install 'django-db-connection-pool[postgresql]'` (or this project's "
-        "`pip install -e '.[dj-db-conn-pool]'`), or use DB_POOL=native."
+        "`pip install 'django-db-connection-pool[postgresql]'`, or use an engine on Django's own "
+        "pool (backends.release or backends.baseline)."
     ) from exc
 
 

@@ -280,6 +280,25 @@ def test_external_call_views_wait_without_a_connection_when_release_is_on(client
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("flavour", ["orm", "raw"])
+def test_external_call_views_call_the_service_without_a_connection(client, settings, monkeypatch, flavour):
+    from apps.catalog import external
+    from backends.testing import releases_connection
+
+    settings.EXTERNAL_LATENCY_MS = 0
+    shop = make_shop()
+    # The service stand-in fails the request if the view still holds its connection.
+    monkeypatch.setattr(external, "shipping_estimate", releases_connection(external.shipping_estimate))
+    if settings.DB_RELEASE == "request":  # stock Django: held to the end of the request
+        with pytest.raises(AssertionError, match="checked out here"):
+            client.get(f"/api/{flavour}/products/{shop.kettle.pk}/with-external-call/")
+        end_of_request()
+    else:
+        response = client.get(f"/api/{flavour}/products/{shop.kettle.pk}/with-external-call/")
+        assert response.status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
 def test_leaky_view_holds_its_connection_through_the_call_and_until_the_request_ends(client, settings):
     settings.EXTERNAL_LATENCY_MS = 1
     make_shop()
