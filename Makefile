@@ -112,7 +112,7 @@ db-start: install
 db-stop: install
 	@$(BIN)/python -m devtools.localdb stop
 db-status: install
-	@$(BIN)/python -m devtools.localdb status
+	@$(BIN)/python -m devtools.localdb status || [ $$? -eq 1 ]  # 1: not running, which is an answer
 ## Stop the embedded server and delete its data.
 db-reset: db-stop
 	rm -rf .localdb/pgdata

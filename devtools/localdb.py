@@ -280,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             server = LocalDatabase().running_server()
             if server is None:
-                print(f"embedded PostgreSQL is not running (data folder: {LocalDatabase().pgdata})")
+                print(
+                    f"embedded PostgreSQL is not running (data folder: {LocalDatabase().pgdata}); "
+                    "make db-start starts it"
+                )
                 return 1
             print(f"embedded PostgreSQL running (pid {server.pid}), socket in {server.socket_dir}")
         elif args.command == "stop":

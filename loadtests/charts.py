@@ -12,9 +12,13 @@ WIDE = (8, 3.8)  # inches: at 110 dpi, 880 px, readable at a page's width
 
 def draw(results: dict, out: Path) -> list[str]:
     """Write the charts the results allow; their file names, most telling first."""
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")
+    # Its font cache, built on first use, announces itself at INFO amid the progress lines.
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     written = [throughput(results, out)]
     if results.get("sweep"):
         written.append(sweep(results, out))
