@@ -20,12 +20,12 @@ install: $(STAMP)
 
 ## The A/B demonstration: stock Django, release, the ceiling (and PgBouncer where installed)
 ## under Locust, report in reports/ (raw, orm, atomic under gunicorn's threads, async under
-## uvicorn workers; about 8 minutes on 2 cores).
+## uvicorn workers; about 6 minutes on 2 cores, 8 with the install).
 .PHONY: demo-full sweep
 demo: install
 	@$(BIN)/python -m loadtests.compare $(COMPARE_ARGS)
 
-## Every scenario (orm, raw, mixed, atomic, leaky, async), 30 s per side: about 25 minutes on 2 cores.
+## Every scenario (orm, raw, mixed, atomic, leaky, async, tasks), 30 s per side: about 25 minutes on 2 cores.
 demo-full: install
 	@$(BIN)/python -m loadtests.compare --scenarios all --duration 30 $(COMPARE_ARGS)
 

@@ -16,6 +16,7 @@ one that turns them into Prometheus series and a per-request summary.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from time import perf_counter
@@ -56,15 +57,21 @@ class CheckoutWatcher:
 _watchers: tuple[CheckoutWatcher, ...] = ()
 
 
+# Held only while the tuple is replaced, never on a checkout.
+_watchers_changing = threading.Lock()
+
+
 def watch(watcher: CheckoutWatcher) -> None:
     global _watchers
-    if watcher not in _watchers:
-        _watchers = (*_watchers, watcher)
+    with _watchers_changing:
+        if watcher not in _watchers:
+            _watchers = (*_watchers, watcher)
 
 
 def unwatch(watcher: CheckoutWatcher) -> None:
     global _watchers
-    _watchers = tuple(w for w in _watchers if w is not watcher)
+    with _watchers_changing:
+        _watchers = tuple(w for w in _watchers if w is not watcher)
 
 
 @contextmanager

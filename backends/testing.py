@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from backends import instrumentation
@@ -67,7 +68,19 @@ def assert_no_connection_held(using: str = DEFAULT_DB_ALIAS) -> None:
 
 
 def releases_connection(func: Callable, using: str = DEFAULT_DB_ALIAS) -> Callable:
-    """`func`, asserting first that no connection is held: a stand-in for a slow external call."""
+    """`func`, asserting first that no connection is held: a stand-in for a slow external call.
+
+    An ``async def`` stand-in (an async client's call) is checked when it is
+    awaited, on the thread that runs the request's queries.
+    """
+    if iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def awaited_without_a_connection(*args, **kwargs):
+            await sync_to_async(assert_no_connection_held)(using)
+            return await func(*args, **kwargs)
+
+        return markcoroutinefunction(awaited_without_a_connection)
 
     @functools.wraps(func)
     def called_without_a_connection(*args, **kwargs):

@@ -113,3 +113,31 @@ def test_an_engine_that_reports_no_checkouts_is_named(settings):
         all_connections["plain"].close()
         del all_connections["plain"]
         del all_connections.settings["plain"]
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_an_async_stand_in_is_checked_when_it_is_awaited(database):
+    from asgiref.sync import async_to_sync, sync_to_async
+
+    alias = database(release="cursor")
+
+    async def fake_service() -> str:
+        return "the carrier's answer"
+
+    def open_cursor():
+        cursor = connections[alias].cursor()
+        cursor.execute("SELECT 1")
+        return cursor
+
+    async def view(leave_open: bool) -> str:
+        cursor = await sync_to_async(open_cursor)()  # on the request's thread, as the async ORM runs
+        if not leave_open:
+            await sync_to_async(cursor.close)()
+        try:
+            return await releases_connection(fake_service, using=alias)()
+        finally:
+            await sync_to_async(cursor.close)()
+
+    assert async_to_sync(view)(leave_open=False) == "the carrier's answer"
+    with pytest.raises(AssertionError, match="a cursor is still open"):
+        async_to_sync(view)(leave_open=True)

@@ -10,7 +10,7 @@ from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
 
 from apps.metrics import prometheus
-from apps.metrics.requests import Labels, end_request_usage, request_usage
+from apps.metrics.requests import Labels, end_request_usage, forget_thread_usage, request_usage
 from backends import instrumentation
 
 
@@ -132,6 +132,7 @@ in_flight = RequestsInFlight()
 
 def on_request_started(sender, **kwargs) -> None:
     in_flight.started()
+    forget_thread_usage()  # whatever an earlier request left on this thread
 
 
 def on_request_finished(sender, **kwargs) -> None:

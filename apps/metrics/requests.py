@@ -80,6 +80,10 @@ def request_usage() -> RequestUsage | None:
     return usage
 
 
+def forget_thread_usage() -> None:
+    _this_thread.usage = None
+
+
 def end_request_usage() -> RequestUsage | None:
     """request_usage(), forgotten: the request has finished."""
     usage = request_usage()
