@@ -166,18 +166,8 @@ def measure_side(
         "latency_p50_ms": float(locust["50%"]),
         "latency_p95_ms": float(locust["95%"]),
         "latency_p99_ms": float(locust["99%"]),
-        "hold_mean_ms": ms(window.mean("db_connection_hold_seconds")),
-        "hold_p95_ms": ms(window.quantile("db_connection_hold_seconds", 0.95)),
-        "wait_mean_ms": ms(window.mean("db_connection_wait_seconds")),
-        "wait_p95_ms": ms(window.quantile("db_connection_wait_seconds", 0.95)),
-        "checkouts_per_request": ratio(
-            window.delta("db_request_checkouts_sum"), window.delta("db_request_checkouts_count")
-        ),
-        "request_hold_mean_ms": ms(window.mean("db_request_hold_seconds")),
-        "pool_timeouts": int(window.delta("db_pool_timeouts_total")),
-        "requests_ended_holding": int(window.delta("db_requests_ended_holding_total")),
+        **connection_figures(window),
         "max_checked_out": int(sampler.max_checked_out),
-        "hold_distribution": window.distribution("db_connection_hold_seconds"),
         "worker_cpu_ms_per_request": ms(ratio(cpu, served)),
         "worker_busy_percent": sampler.median_busy_percent(),
         "wall_seconds": round(elapsed, 1),
@@ -194,6 +184,23 @@ def server_of_site(url: str) -> str | None:
     with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
         software = response.headers.get("Server", "").lower()
     return "asgi" if "uvicorn" in software else "wsgi" if "gunicorn" in software else None
+
+
+def connection_figures(window: measure.Window) -> dict:
+    """What the engines' metrics say of the checkouts and requests (or tasks) between two readings."""
+    return {
+        "hold_mean_ms": ms(window.mean("db_connection_hold_seconds")),
+        "hold_p95_ms": ms(window.quantile("db_connection_hold_seconds", 0.95)),
+        "wait_mean_ms": ms(window.mean("db_connection_wait_seconds")),
+        "wait_p95_ms": ms(window.quantile("db_connection_wait_seconds", 0.95)),
+        "checkouts_per_request": ratio(
+            window.delta("db_request_checkouts_sum"), window.delta("db_request_checkouts_count")
+        ),
+        "request_hold_mean_ms": ms(window.mean("db_request_hold_seconds")),
+        "pool_timeouts": int(window.delta("db_pool_timeouts_total")),
+        "requests_ended_holding": int(window.delta("db_requests_ended_holding_total")),
+        "hold_distribution": window.distribution("db_connection_hold_seconds"),
+    }
 
 
 def pool_size_of(url: str) -> int | None:

@@ -55,7 +55,22 @@ def ensure_port_free(port: int) -> None:
             ) from None
 
 
-class Gunicorn:
+class LogFile:
+    """A process of ours whose output goes to `log_path`."""
+
+    log_path: Path
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except FileNotFoundError:
+            return "(no log)"
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+
+class Gunicorn(LogFile):
     """gunicorn serving the shop with project/gunicorn.conf.py on 127.0.0.1:`port`.
 
     The one launcher for the load tools and the tests: `env` is added to this
@@ -126,15 +141,6 @@ class Gunicorn:
         except psutil.Error:  # gone
             return None
         return total
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text()
-        except FileNotFoundError:
-            return "(no log)"
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

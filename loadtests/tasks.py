@@ -34,8 +34,9 @@ from pathlib import Path
 import psutil
 
 from loadtests import measure
-from loadtests.sampler import say
-from loadtests.site import BASE_DIR, StartError, cpu_used
+from loadtests.sampler import milliseconds, say
+from loadtests.side import connection_figures, ms, ratio
+from loadtests.site import BASE_DIR, LogFile, StartError, cpu_used
 
 TASK = "apps.orders.tasks.confirm_order"
 FILESYSTEM_BROKER = "filesystem://localhost/"  # kombu's filesystem transport; the host means nothing
@@ -43,7 +44,7 @@ UNLOADED_TASKS = 5  # timed one at a time before the load
 PROGRESS_EVERY = 5.0  # seconds between progress lines
 
 
-class Worker:
+class Worker(LogFile):
     """`celery -A project worker` with the threads pool, in a session of its own, for a `with` block.
 
     `env` is added to this process's environment (DB_RELEASE, pool sizes, ...);
@@ -147,15 +148,6 @@ class Worker:
         except psutil.Error:  # gone
             return None
         return times.user + times.system
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text()
-        except FileNotFoundError:
-            return "(no log)"
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
 
     def scrape(self) -> measure.Scrape:
         """The worker's metrics as its PROMETHEUS_MULTIPROC_DIR holds them now."""
@@ -351,18 +343,8 @@ def measure_side(side, args, label: str, files: str, env: dict[str, str] | None 
         "latency_p50_ms": percentile_ms(latencies, 0.50),
         "latency_p95_ms": percentile_ms(latencies, 0.95),
         "latency_p99_ms": percentile_ms(latencies, 0.99),
-        "hold_mean_ms": ms(window.mean("db_connection_hold_seconds")),
-        "hold_p95_ms": ms(window.quantile("db_connection_hold_seconds", 0.95)),
-        "wait_mean_ms": ms(window.mean("db_connection_wait_seconds")),
-        "wait_p95_ms": ms(window.quantile("db_connection_wait_seconds", 0.95)),
-        "checkouts_per_request": ratio(
-            window.delta("db_request_checkouts_sum"), window.delta("db_request_checkouts_count")
-        ),
-        "request_hold_mean_ms": ms(window.mean("db_request_hold_seconds")),
-        "pool_timeouts": int(window.delta("db_pool_timeouts_total")),
-        "requests_ended_holding": int(window.delta("db_requests_ended_holding_total")),
+        **connection_figures(window),
         "max_checked_out": int(progress.max_checked_out),
-        "hold_distribution": window.distribution("db_connection_hold_seconds"),
         "worker_cpu_ms_per_request": ms(ratio(cpu, progress.finished)),
         "worker_busy_percent": ratio(100 * cpu, elapsed) if cpu is not None else None,
         "wall_seconds": round(elapsed, 1),
@@ -436,18 +418,6 @@ def percentile_ms(sorted_seconds: list[float], q: float) -> float | None:
     if not sorted_seconds:
         return None
     return sorted_seconds[min(len(sorted_seconds) - 1, int(q * len(sorted_seconds)))] * 1000
-
-
-def ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def milliseconds(seconds: float | None) -> str:
-    return "–" if seconds is None else f"{seconds * 1000:.1f} ms"
 
 
 # make worker, and queueing by hand

@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
+import psycopg
 from django.db import connections
 
 from loadtests import site as launcher
@@ -25,6 +26,15 @@ def database_url_for_tests() -> str:
     s = connections["default"].settings_dict
     password = f":{quote(s['PASSWORD'], safe='')}" if s["PASSWORD"] else ""
     return f"postgres://{s['USER']}{password}@{quote(s['HOST'], safe='')}:{s['PORT']}/{s['NAME']}"
+
+
+def direct_connection(dbname: str | None = None) -> psycopg.Connection:
+    """A connection of the test's own to the test database (or `dbname` on its server), outside every pool."""
+    s = connections["default"].settings_dict
+    return psycopg.connect(
+        host=s["HOST"], port=s["PORT"], user=s["USER"], password=s["PASSWORD"] or None,
+        dbname=dbname or s["NAME"], autocommit=True,
+    )  # fmt: skip
 
 
 def get(url: str, timeout: float = 10) -> tuple[int, str]:

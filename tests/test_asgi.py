@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
@@ -30,7 +29,7 @@ from backends.errors import POOL_EXHAUSTED
 from backends.release import hold_connection
 from loadtests.measure import Scrape
 from tests.conftest import POOL, backend_pid, holding
-from tests.servers import get
+from tests.servers import direct_connection, get
 from tests.test_shop_support import make_shop
 
 # The site's sessions are found in pg_stat_activity, not behind PgBouncer.
@@ -54,15 +53,6 @@ def serve_asgi(serve):
 
 
 # Looking from outside ------------------------------------------------------------------------------
-
-
-def direct_connection() -> psycopg.Connection:
-    """A connection of the test's own to the test database, outside every pool."""
-    s = connections["default"].settings_dict
-    return psycopg.connect(
-        host=s["HOST"], port=s["PORT"], user=s["USER"], password=s["PASSWORD"] or None,
-        dbname=s["NAME"], autocommit=True,
-    )  # fmt: skip
 
 
 @dataclass(frozen=True)

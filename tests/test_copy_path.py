@@ -19,12 +19,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import psycopg
 import pytest
 from django.db import connections
 
 from tests.conftest import POOL
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, direct_connection, free_port
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -82,15 +81,12 @@ def readme_databases() -> dict:
 def own_database():
     """A database of the new project's own on the test server, dropped afterwards."""
     settings = connections["default"].settings_dict
-    server = {"host": settings["HOST"], "port": settings["PORT"], "user": settings["USER"]}
-    if settings["PASSWORD"]:
-        server["password"] = settings["PASSWORD"]
     name = f"test_copy_path_{free_port()}"
-    with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:
+    with direct_connection("postgres") as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     yield {"NAME": name, "HOST": settings["HOST"], "PORT": str(settings["PORT"] or ""),
            "USER": settings["USER"], "PASSWORD": settings["PASSWORD"]}  # fmt: skip
-    with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:
+    with direct_connection("postgres") as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

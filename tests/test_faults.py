@@ -35,7 +35,7 @@ from backends.errors import CONNECTION_LOST, POOL_EXHAUSTED
 from loadtests import site as launcher
 from loadtests.pgbouncer import PgBouncer
 from tests.conftest import POOL, UnsafeTestDatabase, Worker, check_is_test_database
-from tests.servers import ROOT, database_url_for_tests, free_port
+from tests.servers import ROOT, database_url_for_tests, direct_connection, free_port
 from tests.test_metrics import every_connection_taken
 from tests.test_shop_support import exports_complete, make_order, make_shop
 
@@ -43,15 +43,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
 
 # Helpers ------------------------------------------------------------------------------------------
-
-
-def direct_connection() -> psycopg.Connection:
-    """A connection of its own to the test database, outside every pool."""
-    s = connections["default"].settings_dict
-    return psycopg.connect(
-        host=s["HOST"], port=s["PORT"], user=s["USER"], password=s["PASSWORD"] or None,
-        dbname=s["NAME"], autocommit=True,
-    )  # fmt: skip
 
 
 def terminate(pid: int) -> None:

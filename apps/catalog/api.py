@@ -39,6 +39,13 @@ def get_product(product_id: int) -> Product:
         raise ApiError(404, f"There is no product {product_id}.") from None
 
 
+async def aget_product(product_id: int) -> Product:
+    try:
+        return await Product.objects.select_related("category").aget(pk=product_id)
+    except Product.DoesNotExist:
+        raise ApiError(404, f"There is no product {product_id}.") from None
+
+
 # ORM ------------------------------------------------------------------------------
 
 
@@ -129,10 +136,7 @@ def raw_leaky(request: HttpRequest) -> JsonResponse:
 @json_api("GET", "HEAD")
 async def async_product_summary(request: HttpRequest, product_id: int) -> JsonResponse:
     """The async ORM: no thread is blocked while the queries run (under ASGI)."""
-    try:
-        product = await Product.objects.select_related("category").aget(pk=product_id)
-    except Product.DoesNotExist:
-        raise ApiError(404, f"There is no product {product_id}.") from None
+    product = await aget_product(product_id)
     reviews = await product.reviews.acount()
     average = (await product.reviews.aaggregate(average=Avg("rating")))["average"]
     return JsonResponse(
@@ -153,10 +157,7 @@ async def async_product_with_external_call(request: HttpRequest, product_id: int
     the second read, so its pool must cover every request in flight; release
     gives it back after each read.
     """
-    try:
-        product = await Product.objects.select_related("category").aget(pk=product_id)
-    except Product.DoesNotExist:
-        raise ApiError(404, f"There is no product {product_id}.") from None
+    product = await aget_product(product_id)
     estimate = await external.acall_with_report(product.pk)
     reviews = await product.reviews.acount()
     return JsonResponse({"product": product_json(product), "reviews": reviews, "external": estimate})
@@ -194,10 +195,7 @@ async def async_product_with_time_limit(request: HttpRequest, product_id: int) -
     async with hold_connection():
         pid, found = await sync_to_async(session_time_limit)()
         await sync_to_async(limit_session_reads)(READ_TIME_LIMIT)
-        try:
-            product = await Product.objects.select_related("category").aget(pk=product_id)
-        except Product.DoesNotExist:
-            raise ApiError(404, f"There is no product {product_id}.") from None
+        product = await aget_product(product_id)
         estimate = await external.acall_with_report(product.pk)
         reviews = await product.reviews.acount()
         pid_after, limit = await sync_to_async(session_time_limit)()
