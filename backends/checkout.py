@@ -17,27 +17,38 @@ An engine is assembled in this order, each layer calling the next with super()::
 
 A class that puts them in another order fails when it is defined.
 
-Release, once per query outside a transaction::
+The two call sequences (backends/README.md points here; this is their only
+home, next to the code they describe). Release, once per query outside a
+transaction::
 
-    CountedCursorWrapper.close()                 one cursor fewer on this checkout
-      -> ConnectionReleaseMixin.release_if_idle()   the rule: no cursor, no transaction, not kept
-      -> CheckoutMixin._close()                  session reset, if session state was set
-      -> InstrumentedMixin._close()              hold time to the watchers
+    CountedCursorWrapper.close()                   the cursor's checkout: one driver cursor fewer
+                                                   (counted once however many wrappers sit around
+                                                   it: the debug toolbar's SQL panel adds one)
+      -> ConnectionReleaseMixin.release_if_idle()  no cursor, no transaction (Django's flags and
+                                                   libpq's), not pinned, not held, owning thread
+      -> CheckoutMixin._close()                    DISCARD ALL first if session SQL ran
+      -> InstrumentedMixin._close()                hold time to the watchers
       -> NativePoolMixin._close()  -> psycopg_pool ConnectionPool.putconn()
          QueuePoolMixin._close()   -> QueuePool's proxy .close()
 
 Borrow again, the first cursor after a release::
 
     BaseDatabaseWrapper.cursor() -> ConnectionReleaseMixin._cursor()
-      -> CheckoutMixin.borrow_again()            the wrapper as connect() leaves it (backends.compat)
-      -> InstrumentedMixin.get_new_connection()  wait time, PoolExhausted
-      -> NativePoolMixin.get_new_connection()  -> ConnectionPool.getconn()
-         QueuePoolMixin.get_new_connection()   -> QueuePool.connect()
+      -> CheckoutMixin.borrow_again()              the wrapper as connect() leaves it
+                                                   (compat.reset_state_as_connect_does)
+      -> InstrumentedMixin.get_new_connection()    wait time, PoolExhausted
+      -> NativePoolMixin.get_new_connection()  -> ConnectionPool.getconn() (+ health.needs_ping)
+         QueuePoolMixin.get_new_connection()   -> QueuePool.connect() (its pre-ping asks health)
       -> autocommit on, connection_created, a new Checkout
-      -> the cursor, as Django's _cursor() makes it once connected
+      -> compat.cursor_once_connected()            what Django's _cursor() does once connected
 
 The first connection of a wrapper, and the first after ``close()``, goes
-through Django's whole ``connect()`` instead, with no checkout until it returns.
+through Django's own ``ensure_connection()`` and ``connect()`` instead
+(``CheckoutMixin.connect``), with no checkout until it returns; the release
+rule does not act while Django is between connecting and making its cursor.
+Session-level SQL (``session.session_state``, asked by the release engines'
+cursors before each ``execute``) pins the checkout: the rule then leaves it
+with the wrapper until ``close()``, whose ``_close()`` resets it.
 """
 
 from __future__ import annotations
