@@ -100,6 +100,8 @@ def test_a_short_run_writes_the_reports_with_the_result_first(tmp_path):
         assert "PgBouncer side was skipped" in result.stdout
     overhead = report["overhead"]["native"]
     assert "engine_overhead_spread_us" in overhead and overhead["rounds"] == 2
+    # Two rounds say nothing of the per-query cost: one line says how to measure it instead.
+    assert "2 rounds are too few" in result.stdout and "`make overhead`" in result.stdout
     assert sorted(s["ran"] for s in map(sides.get, names)) == list(range(1, len(names) + 1))
 
     # The plan first, numbered sides, then one table at the end.
@@ -112,6 +114,7 @@ def test_a_short_run_writes_the_reports_with_the_result_first(tmp_path):
     assert markdown.index("release / ceiling") < markdown.index("### raw")  # the summary before details
     for row in ("| hold per checkout on the idle server", "| worker CPU per request", "| worker CPU busy"):
         assert row in markdown
+    assert "Per-query cost of release (one thread)" not in markdown and "`make overhead`" in markdown
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.index('class="headline"') < page.index("<img") < page.index("<h2>")
     assert "`" not in page  # no Markdown in the HTML
@@ -394,24 +397,83 @@ def test_targets_are_checked_before_anything_starts():
     assert args.targets == {"release": "http://localhost:8000", "baseline": "http://127.0.0.1:8001"}
 
 
-def test_per_query_figures_say_noisy_where_the_rounds_disagree():
-    from loadtests.report import overhead_rows
-
-    figures = {
-        "per_query_us": {"baseline": 400.0, "release": 430.0},
+def per_query_figures(rounds: int = 20, **figures: float) -> dict:
+    """One pool's figures as loadtests.overhead.as_json() gives them: one noisy of seven by default."""
+    return {
+        "per_query_us": {"baseline": 400.0, "release": 430.0}, "rounds": rounds,
         "overhead_us": 30.0, "overhead_spread_us": 8.0,
         "cpu_overhead_us": 25.0, "cpu_overhead_spread_us": 40.0,
         "engine_overhead_us": 254.0, "engine_overhead_spread_us": 100.0,
         "engine_cpu_overhead_us": 20.0, "engine_cpu_overhead_spread_us": 5.0,
         "overhead_with_ping_us": 150.0, "overhead_with_ping_spread_us": 10.0,
-        "pool_library_us": 294.0, "pool_library_spread_us": 100.0,
+        "pool_library_us": 200.0, "pool_library_spread_us": 100.0,
         "pool_library_cpu_us": 10.0, "pool_library_cpu_spread_us": 2.0,
+        **figures,
     }  # fmt: skip
+
+
+def test_per_query_figures_say_noisy_where_the_rounds_disagree():
+    from loadtests.report import overhead_rows
+
+    figures = per_query_figures(pool_library_us=294.0)
     row = overhead_rows({"native": figures})[0]
     assert row[3] == "+30.0 µs (IQR 8.0)"
     assert row[4] == "noisy (IQR 40 µs)"  # the spread is larger than the figure
     assert row[5].startswith("noisy") and row[8].startswith("noisy")  # the floor above the engine
     assert row[6] == "+20.0 µs (IQR 5.0)" and row[9] == "+10.0 µs (IQR 2.0)"
+
+
+def a_report(overhead: dict | None) -> dict:
+    """The results of a one-scenario run, with `overhead` as its per-query cost where given."""
+    results = {
+        "config": {
+            "pool": "native", "workers": 1, "threads": 32, "pool_size": 4, "users": 64, "duration": 30,
+            "external_latency_ms": 50, "latency_ceiling_rps": 640, "rounds": 1,
+            "machine": {"cpu": "test", "cores": 2, "python": "3", "django": "5", "commit": "abc"},
+        },
+        "scenarios": {"raw": {"baseline": a_run(100.0, ran=1), "release": a_run(400.0, ran=2)}},
+    }  # fmt: skip
+    if overhead is not None:
+        results["overhead"] = overhead
+    return results
+
+
+def test_a_per_query_cost_that_says_nothing_is_left_out_of_the_report_for_a_line_on_measuring_it(tmp_path):
+    from loadtests import report
+
+    # Four noisy figures of seven: the spread above the figure.
+    noisy = per_query_figures(
+        overhead_spread_us=200.0, overhead_with_ping_spread_us=200.0, engine_cpu_overhead_spread_us=50.0
+    )
+    results = a_report({"native": noisy})
+    report.write(results, tmp_path)
+    line = "its 20 rounds here disagreed by more than the cost itself; measure it alone with `make overhead`"
+    printed = report.summary_markdown(results)
+    assert line in printed
+    markdown = (tmp_path / "report.md").read_text()
+    assert line in markdown and "Per-query cost of release (one thread)" not in markdown
+    assert "noisy" not in markdown
+    page = (tmp_path / "report.html").read_text()
+    assert "<code>make overhead</code>" in page and "noisy" not in page and "`" not in page
+    # The figures stay in report.json, keys as they were, for the tools that read them.
+    assert json.loads((tmp_path / "report.json").read_text())["overhead"] == results["overhead"]
+
+    # Too few rounds say nothing either, whatever their figures.
+    few = report.summary_markdown(a_report({"native": per_query_figures(rounds=3)}))
+    assert "3 rounds are too few to tell it from noise" in few
+    # Not measured (--overhead-rounds 0): nothing to say.
+    assert "Per-query cost" not in report.summary_markdown(a_report(None))
+
+
+def test_a_per_query_cost_measured_clearly_is_in_the_report():
+    from loadtests import report
+
+    results = a_report({"native": per_query_figures()})  # one noisy figure of seven, 20 rounds
+    markdown = report.markdown(results)
+    assert "### Per-query cost of release (one thread)" in markdown
+    assert "| native | 400.0 | 430.0 | +30.0 µs (IQR 8.0) | noisy (IQR 40 µs) |" in markdown
+    assert "make overhead" not in markdown
+    assert "<h2>Per-query cost of release (one thread)</h2>" in report.html_page(results, [])
 
 
 def test_bad_options_are_refused_with_the_choices():
