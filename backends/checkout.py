@@ -56,6 +56,7 @@ from __future__ import annotations
 import _thread
 import logging
 import traceback
+from time import perf_counter
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -130,6 +131,42 @@ class CountedCursorMixin:
                 if checkout.opened_at is not None:
                     checkout.opened_at.pop(id(cursor), None)
                 self.db.cursor_closed(checkout)
+
+    # Each statement's time in the database, for the checkout's clock
+    # (InstrumentedMixin.statement_ran()). Fetching counts: a server-side
+    # cursor reads its rows from the server.
+
+    def execute(self, sql, params=None):
+        started = perf_counter()
+        try:
+            return super().execute(sql, params)
+        finally:
+            self.db.statement_ran(perf_counter() - started)
+
+    def executemany(self, sql, param_list):
+        started = perf_counter()
+        try:
+            return super().executemany(sql, param_list)
+        finally:
+            self.db.statement_ran(perf_counter() - started)
+
+    def fetchone(self):
+        return self.timed_fetch(self.cursor.fetchone)
+
+    def fetchmany(self, *args, **kwargs):
+        return self.timed_fetch(self.cursor.fetchmany, *args, **kwargs)
+
+    def fetchall(self):
+        return self.timed_fetch(self.cursor.fetchall)
+
+    def timed_fetch(self, fetch, *args, **kwargs):
+        # What Django's CursorWrapper.__getattr__ does for the fetch methods, timed.
+        started = perf_counter()
+        try:
+            with self.db.wrap_database_errors:
+                return fetch(*args, **kwargs)
+        finally:
+            self.db.statement_ran(perf_counter() - started)
 
     # No __del__ on purpose: the garbage collector may run in any thread, and
     # must not act on a connection another thread owns.
@@ -238,6 +275,7 @@ class CheckoutMixin:
         if self.holds or checkout.pinned is not None:
             return  # hold_connection() keeps it already, and resets it when its block ends
         checkout.pinned = reason
+        self.keep(instrumentation.PINNED)
         instrumentation.pinned(self, reason)
         if self.trace_cursors:
             logger.warning(
@@ -254,9 +292,12 @@ class CheckoutMixin:
         """Enter hold_connection(): borrow a connection now and keep it until the outermost block ends."""
         self.ensure_connection()
         self.holds += 1
+        self.keep(instrumentation.HOLD)
 
     def unhold(self) -> None:
         self.holds -= 1
+        if not self.holds:
+            self.keep(instrumentation.HOLD, False)
 
     # Ending -----------------------------------------------------------------------
 
@@ -296,6 +337,7 @@ class CheckoutMixin:
 
     def report_leaked_cursors(self, checkout: Checkout) -> None:
         """The connection is being closed while cursors opened on it were never closed."""
+        self.keep_whole_checkout()
         instrumentation.leaked(self, checkout.open_cursors)
         if not self.trace_cursors:
             return

@@ -37,8 +37,23 @@ class CheckoutWatcher:
     def checked_out(self, connection, wait_seconds: float) -> None:
         """The pool handed a connection over after `wait_seconds`; keep this quick, the clock runs."""
 
-    def returned(self, connection, hold_seconds: float, wait_seconds: float) -> None:
-        """The connection is back in the pool after `hold_seconds` out; it took `wait_seconds` to get."""
+    def returned(
+        self,
+        connection,
+        hold_seconds: float,
+        wait_seconds: float,
+        database_seconds: float,
+        kept_seconds: float,
+    ) -> None:
+        """The connection is back in the pool after `hold_seconds` out; it took `wait_seconds` to get.
+
+        Of the hold, `database_seconds` ran statements (execute and fetch), and
+        `kept_seconds` is what a release engine keeps the connection for:
+        statements outside a transaction, whole transactions and
+        hold_connection() blocks, a pinned checkout from its pin on, and all of
+        a checkout that ended with cursors left open. The rest of the hold is
+        idle: what release gives back.
+        """
 
     def timed_out(self, connection, wait_seconds: float) -> None:
         """No connection came free within the pool's timeout."""
@@ -100,8 +115,19 @@ def query_retried(connection) -> None:
         watcher.query_retried(connection)
 
 
+# Why a checkout's connection is kept whatever its statements do (InstrumentedMixin.keep()).
+TRANSACTION = "transaction"
+HOLD = "hold_connection"
+PINNED = "pinned"
+
+
 class InstrumentedMixin:
     """Time each checkout, and turn the pool's timeout into PoolExhausted.
+
+    Besides the hold and the wait, a checkout's clock splits the hold: time in
+    the database (the cursors report each statement, statement_ran()) and time
+    a release engine could not give back (keep()). Every engine keeps them, the
+    baseline included, so a stock site shows what release would give back.
 
     Reads ``pool_name`` and ``pool_timeout_error`` from the pool mixin below it.
     """
@@ -110,6 +136,13 @@ class InstrumentedMixin:
         super().__init__(*args, **kwargs)
         self.checked_out_at: float | None = None
         self.checkout_wait: float = 0.0
+        # Of the current checkout: seconds its statements ran, and seconds it must be kept.
+        self.database_seconds = 0.0
+        self.kept_seconds = 0.0
+        # Why the connection is kept now (TRANSACTION, HOLD, PINNED), and since when.
+        self.keeping: set[str] = set()
+        self.keeping_since = 0.0
+        self.kept_whole = False
 
     def get_new_connection(self, conn_params):
         started = perf_counter()
@@ -137,6 +170,8 @@ class InstrumentedMixin:
             raise DatabaseUnreachable(f"Could not connect to database {self.alias!r}: {exc}") from exc
         self.checked_out_at = now = perf_counter()
         self.checkout_wait = waited = now - started
+        self.database_seconds = self.kept_seconds = 0.0
+        self.keeping_since = now
         for watcher in _watchers:
             watcher.checked_out(self, waited)
         return connection
@@ -147,6 +182,45 @@ class InstrumentedMixin:
             super()._close()
         finally:
             if checked_out_at is not None:
-                held = perf_counter() - checked_out_at
+                now = perf_counter()
+                held = now - checked_out_at
+                kept = held if self.kept_whole else self.kept_seconds
+                if self.keeping and not self.kept_whole:
+                    kept += now - self.keeping_since
+                self.keeping.discard(PINNED)  # a pin lasts one checkout; a transaction or a hold, its block
+                self.kept_whole = False
                 for watcher in _watchers:
-                    watcher.returned(self, held, self.checkout_wait)
+                    watcher.returned(self, held, self.checkout_wait, self.database_seconds, min(kept, held))
+
+    # The hold, split --------------------------------------------------------------
+
+    def statement_ran(self, seconds: float) -> None:
+        """A cursor's statement (or fetch) took `seconds` in the database."""
+        self.database_seconds += seconds
+        if not self.keeping:
+            self.kept_seconds += seconds
+
+    def keep(self, reason: str, keeping: bool = True) -> None:
+        """From now on, the connection is kept for `reason` (or no longer, with keeping=False)."""
+        if keeping == (reason in self.keeping):
+            return
+        now = perf_counter()
+        if keeping:
+            if not self.keeping:
+                self.keeping_since = now
+            self.keeping.add(reason)
+        else:
+            self.keeping.discard(reason)
+            if not self.keeping:
+                self.kept_seconds += now - self.keeping_since
+
+    def keep_whole_checkout(self) -> None:
+        """The checkout ends with cursors still open: all of it counts as kept."""
+        self.kept_whole = True
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        super()._set_autocommit(autocommit)
+        # Autocommit off is the outermost atomic() beginning; on, its end (and,
+        # on every release checkout, a no-op, hence the test first).
+        if autocommit != (TRANSACTION not in self.keeping):
+            self.keep(TRANSACTION, not autocommit)

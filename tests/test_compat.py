@@ -158,7 +158,8 @@ def test_configure_connection_sets_djangos_time_zone(database):
 
 def snapshot(wrapper) -> dict:
     """What Django reads on the wrapper, less the connection, the clocks and the engines' caches."""
-    left_out = {"connection", "checkout", "checked_out_at", "checkout_wait", "close_at", "_checkout_params"}
+    clocks = {"checked_out_at", "checkout_wait", "database_seconds", "kept_seconds", "keeping_since"}
+    left_out = {"connection", "checkout", "close_at", "_checkout_params", *clocks}
     state = {name: value for name, value in vars(wrapper).items() if name not in left_out}
     # CONN_MAX_AGE is 0: close() at the end of the request is due at once.
     state["close_at is due"] = wrapper.close_at is not None and wrapper.close_at <= time.monotonic()

@@ -8,7 +8,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
 from apps.metrics import prometheus
-from apps.metrics.requests import RequestUsage, current
+from apps.metrics.requests import RequestUsage, current, request_usage
 from apps.web import unavailable
 from backends import compat
 
@@ -44,6 +44,12 @@ class DatabaseUsageMiddleware:
         response["Server-Timing"] = usage.server_timing()
         prometheus.http_requests_by_class(response.status_code).inc()
         return response
+
+    def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs) -> None:
+        # Before the view runs, so a request cut short (a client gone under ASGI) has its view too.
+        usage = request_usage()
+        if usage is not None:
+            usage.view = request.resolver_match.view_name
 
     def process_exception(self, request: HttpRequest, exception: Exception):
         # Last of the middlewares to see a view's exception, as it is listed first.

@@ -73,6 +73,30 @@ query_retries = Counter(
     "ORM read retries on a fresh connection after a connection-level error.",
     LABELS,
 )
+# Per view: what a request of each view held, and how much of that it used (apps.metrics.views).
+VIEW_LABELS = (*LABELS, "view")
+view_requests = Counter(
+    "db_view_requests",
+    "HTTP requests that used a database connection, by view (Django's view name; "
+    "'(unresolved)' for paths no URL pattern matched).",
+    VIEW_LABELS,
+)
+view_hold_seconds = Counter(
+    "db_view_hold_seconds",
+    "Connection-seconds the view's requests held: the rate is the connections they keep in use.",
+    VIEW_LABELS,
+)
+view_database_seconds = Counter(
+    "db_view_database_seconds",
+    "Connection-seconds the view's statements ran in the database (execute and fetch).",
+    VIEW_LABELS,
+)
+view_kept_seconds = Counter(
+    "db_view_kept_seconds",
+    "Connection-seconds a release engine keeps for the view: statements outside a transaction, "
+    "whole transactions and hold_connection() blocks, pinned and leaked checkouts.",
+    VIEW_LABELS,
+)
 http_requests = Counter(
     "http_requests",
     "HTTP requests answered, by status class (2xx, 4xx, 5xx...), counted when the response leaves.",

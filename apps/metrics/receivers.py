@@ -10,7 +10,7 @@ from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
 
 from apps.metrics import prometheus
-from apps.metrics.requests import Labels, end_request_usage, forget_thread_usage, request_usage
+from apps.metrics.requests import AliasUsage, Labels, end_request_usage, forget_thread_usage, request_usage
 from backends import instrumentation
 
 
@@ -41,6 +41,32 @@ class Series:
 _series: dict[Labels, Series] = {}
 
 
+class ViewSeries:
+    """The per-view counters of one alias and view (bounded: views are the URLconf's)."""
+
+    def __init__(self, labels: Labels, view: str) -> None:
+        self.requests = prometheus.view_requests.labels(*labels, view)
+        self.hold = prometheus.view_hold_seconds.labels(*labels, view)
+        self.database = prometheus.view_database_seconds.labels(*labels, view)
+        self.kept = prometheus.view_kept_seconds.labels(*labels, view)
+
+    def add(self, usage: AliasUsage) -> None:
+        self.requests.inc()
+        self.hold.inc(usage.hold_seconds)
+        self.database.inc(usage.database_seconds)
+        self.kept.inc(usage.kept_seconds)
+
+
+_view_series: dict[tuple[Labels, str], ViewSeries] = {}
+
+
+def view_series(labels: Labels, view: str) -> ViewSeries:
+    found = _view_series.get((labels, view))
+    if found is None:
+        found = _view_series.setdefault((labels, view), ViewSeries(labels, view))
+    return found
+
+
 def series(labels: Labels) -> Series:
     found = _series.get(labels)
     if found is None:
@@ -66,7 +92,14 @@ class MetricsWatcher(instrumentation.CheckoutWatcher):
                 alias.checkouts += 1
                 alias.wait_seconds += wait_seconds
 
-    def returned(self, connection, hold_seconds: float, wait_seconds: float) -> None:
+    def returned(
+        self,
+        connection,
+        hold_seconds: float,
+        wait_seconds: float,
+        database_seconds: float,
+        kept_seconds: float,
+    ) -> None:
         labels = labels_of(connection)
         if labels is None:
             return
@@ -76,7 +109,10 @@ class MetricsWatcher(instrumentation.CheckoutWatcher):
         children.checkouts.inc()
         usage = request_usage()
         if usage is not None:
-            usage.alias(labels).hold_seconds += hold_seconds
+            alias = usage.alias(labels)
+            alias.hold_seconds += hold_seconds
+            alias.database_seconds += database_seconds
+            alias.kept_seconds += kept_seconds
 
     def timed_out(self, connection, wait_seconds: float) -> None:
         labels = labels_of(connection)
@@ -146,6 +182,7 @@ def on_request_finished(sender, **kwargs) -> None:
         if alias.checkouts:
             children.request_hold.observe(alias.hold_seconds)
             children.request_checkouts.observe(alias.checkouts)
+            view_series(labels, usage.view).add(alias)
         if alias.ended_holding:
             children.requests_ended_holding.inc()
     if idle:

@@ -11,11 +11,17 @@ from django.db import connections
 
 Labels = tuple[str, str, str]  # alias, engine, pool
 
+# The view of a request no URL pattern matched (a 404 before any view ran).
+UNRESOLVED = "(unresolved)"
+
 
 @dataclass
 class AliasUsage:
     hold_seconds: float = 0.0
     wait_seconds: float = 0.0
+    # Of hold_seconds: in the database, and what release keeps (CheckoutWatcher.returned()).
+    database_seconds: float = 0.0
+    kept_seconds: float = 0.0
     checkouts: int = 0
     ended_holding: bool = False
 
@@ -23,6 +29,7 @@ class AliasUsage:
 @dataclass
 class RequestUsage:
     by_alias: dict[Labels, AliasUsage] = field(default_factory=dict)
+    view: str = UNRESOLVED  # Django's view name, once the URL is resolved
 
     def alias(self, labels: Labels) -> AliasUsage:
         usage = self.by_alias.get(labels)
