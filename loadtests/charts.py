@@ -179,3 +179,30 @@ def latency(results: dict, out: Path) -> str:
     ax.set_ylim(top=ax.get_ylim()[1] * 1.18)  # room for the legend
     ax.set_title("Latency: p50, and p95 (pale) behind it")
     return save(fig, out, "latency.png")
+
+
+def soak_chart(samples: dict, lines: list[tuple[str, str, str]], faults: list[dict], out: Path) -> str:
+    """A soak's lines over time, one panel each, one curve per subject; kills dotted, the restart dashed."""
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(lines), 1, figsize=(8, 1.9 * len(lines)), sharex=True, squeeze=False)
+    for ax, (key, title, unit) in zip(axes.flat, lines, strict=True):
+        for subject, points in sorted(samples.get(key, {}).items()):
+            ax.plot([t / 60 for t, _ in points], [v for _, v in points], linewidth=1, label=subject)
+        for fault in faults:
+            restart = fault["kind"] == "restart"
+            ax.axvline(fault["t"] / 60, color="#c62828" if restart else "#9e9e9e",
+                       linestyle="--" if restart else ":", linewidth=1)  # fmt: skip
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(unit, fontsize=8)
+        ax.tick_params(labelsize=7)
+        if len(samples.get(key, {})) > 1:
+            ax.legend(fontsize=6, loc="upper left", ncols=4)
+    axes.flat[-1].set_xlabel("minutes (dotted: every session terminated; dashed: PostgreSQL restarted)")
+    return save(fig, out, "soak.png")

@@ -1,4 +1,5 @@
-"""The shop's Locust scenarios, with every request written to a file: for loadtests/faults.py.
+"""The shop's Locust scenarios, with every request written to a file: for loadtests/faults.py
+and loadtests/soak.py.
 
 FAULTS_REQUEST_LOG names the file; each line is "start end status name", times in
 seconds since the epoch, status 0 when no HTTP answer came (connection refused, reset).
@@ -10,7 +11,7 @@ import os
 
 from locust import events
 
-from loadtests.locustfile import MixedUser, OrmUser, RawUser  # noqa: F401 - the user classes Locust runs
+from loadtests.locustfile import AsyncUser, MixedUser, OrmUser, RawUser  # noqa: F401 - the user classes Locust runs
 
 _log = open(os.environ["FAULTS_REQUEST_LOG"], "a", buffering=1)  # noqa: SIM115 - open for the whole run
 

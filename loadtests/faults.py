@@ -79,6 +79,18 @@ def manage(env: dict, *args: str) -> None:
     )
 
 
+def terminate_backends(conn: psycopg.Connection, count: int | None = None) -> int:
+    """Terminate `count` of the shop's server sessions, chosen at random (every one if None), other
+    than `conn`'s own; how many ended."""
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'shop' "
+        "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
+        "ORDER BY random() LIMIT %s",
+        [count],  # LIMIT NULL: no limit
+    ).fetchall()
+    return sum(1 for (done,) in rows if done)
+
+
 class Killer(threading.Thread):
     """Terminates `count` of the shop's backends every `every` seconds until stopped."""
 
@@ -91,13 +103,7 @@ class Killer(threading.Thread):
     def run(self) -> None:
         with self.server.connect() as conn:
             while not self.stopping.wait(self.every):
-                rows = conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'shop' "
-                    "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
-                    "ORDER BY random() LIMIT %s",
-                    [self.count],
-                ).fetchall()
-                self.killed += sum(1 for (done,) in rows if done)
+                self.killed += terminate_backends(conn, self.count)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -131,10 +137,11 @@ def retries_so_far(url: str) -> float:
     )
 
 
-def run_locust(url: str, users: int, seconds: int, log: Path) -> subprocess.Popen:
+def run_locust(url: str, users: int, seconds: int, log: Path, user: str = "MixedUser") -> subprocess.Popen:
+    """Locust headless, `users` of class `user`, every request written to `log` (loadtests/faultlog.py)."""
     env = {**os.environ, "FAULTS_REQUEST_LOG": str(log), "SHOP_CUSTOMER_IDS": "1-50"}
     command = [
-        sys.executable, "-m", "locust", "-f", str(BASE_DIR / "loadtests" / "faultlog.py"), "MixedUser",
+        sys.executable, "-m", "locust", "-f", str(BASE_DIR / "loadtests" / "faultlog.py"), user,
         "--headless", "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds}s",
         "--host", url, "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "10",
     ]  # fmt: skip
