@@ -1,12 +1,13 @@
-"""System checks for settings that silently cancel the early release."""
+"""System checks for settings that silently cancel the early release, or that an engine refuses."""
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.checks import Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 RELEASE_ENGINES = ("backends.release", "backends.release.dj_db_conn_pool")
 OUR_ENGINES = RELEASE_ENGINES + ("backends.baseline", "backends.baseline.dj_db_conn_pool")
+NATIVE_POOL_ENGINES = ("backends.release", "backends.baseline")
 
 
 @register(Tags.compatibility)
@@ -14,12 +15,25 @@ def check_release_settings(app_configs=None, **kwargs):
     return database_warnings(settings.DATABASES)
 
 
-def database_warnings(databases: dict) -> list[Warning]:
+def database_warnings(databases: dict) -> list[CheckMessage]:
     warnings = []
     for alias, config in databases.items():
         engine = config.get("ENGINE")
         if engine not in OUR_ENGINES:
             continue
+        if engine in NATIVE_POOL_ENGINES and not (config.get("OPTIONS") or {}).get("pool"):
+            # The engine refuses it at its first connection (backends/nativepool.py says why
+            # not sooner); this says so when the project starts, before anything connects.
+            warnings.append(
+                Error(
+                    f"DATABASES[{alias!r}] uses {engine!r} without OPTIONS['pool'].",
+                    hint=(
+                        "The engine needs Django's connection pool and refuses to connect without "
+                        'one: add "OPTIONS": {"pool": {"min_size": 1, "max_size": 4}} to it.'
+                    ),
+                    id="backends.E001",
+                )
+            )
         if engine in RELEASE_ENGINES and config.get("ATOMIC_REQUESTS"):
             warnings.append(
                 Warning(

@@ -57,6 +57,13 @@ def configured_max_size(settings_dict) -> int:
     return options.get("max_size") or min_size
 
 
+def missing_pool(settings_dict, alias: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(
+        f"DATABASES[{alias!r}] uses {settings_dict['ENGINE']!r}, which needs Django's "
+        'connection pool: add "OPTIONS": {"pool": {"min_size": 1, "max_size": 4}} to it.'
+    )
+
+
 class NativePoolMixin:
     pool_name = "native"
     pool_timeout_error = PoolTimeout
@@ -67,14 +74,16 @@ class NativePoolMixin:
         if alias == NO_DB_ALIAS:  # Django's short-lived maintenance connection
             return
         require_no_persistent_connections(settings_dict, alias)
-        if not settings_dict["OPTIONS"].get("pool"):
-            raise ImproperlyConfigured(
-                f"DATABASES[{alias!r}] uses {settings_dict['ENGINE']!r}, which needs Django's "
-                'connection pool: add "OPTIONS": {"pool": {"min_size": 1, "max_size": 4}} to it.'
-            )
-        options = settings_dict["OPTIONS"]["pool"]
-        options = options if isinstance(options, dict) else {}  # `True`: psycopg_pool's defaults
-        settings_dict["OPTIONS"]["pool"] = {"reconnect_timeout": RECONNECT_TIMEOUT_SECONDS, **options}
+        # Without OPTIONS["pool"], refused at the first connection (get_new_connection()), not
+        # here: stock Django and django-db-connection-pool build a wrapper from any settings
+        # dict and refuse what they cannot do when they connect, and tools rely on that to
+        # build one without connecting (Django's test runner renaming a test database, a check
+        # reading a copied settings dict). `manage.py check` reports it (backends.E001), so a
+        # project that runs its checks still learns at start.
+        options = settings_dict["OPTIONS"].get("pool")
+        if options:
+            options = options if isinstance(options, dict) else {}  # `True`: psycopg_pool's defaults
+            settings_dict["OPTIONS"]["pool"] = {"reconnect_timeout": RECONNECT_TIMEOUT_SECONDS, **options}
 
     @property
     def pool(self):
@@ -117,7 +126,9 @@ class NativePoolMixin:
                 pass
         if connection is None:
             pool = self.pool
-            if pool is None:  # no pool: Django connects
+            if pool is None:  # no pool: Django connects, for its maintenance connection only
+                if self.alias != NO_DB_ALIAS:
+                    raise missing_pool(self.settings_dict, self.alias)
                 return super().get_new_connection(conn_params or self.checkout_params())
             connection = super().get_new_connection(conn_params)  # opens the pool, sets the isolation level
         self.borrowed_from = pool

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.db.utils import ConnectionHandler
 
 from backends.checks import database_warnings
-from project.database import engine_for, pool_settings
+from project.database import engine_for, with_pool
 from tests.conftest import POOL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,11 +46,31 @@ def run_django(env: dict, code: str = "import django; django.setup()") -> subpro
     )
 
 
-def test_native_engine_without_a_pool_is_refused():
-    config = native()
-    config["OPTIONS"] = {}
-    with pytest.raises(ImproperlyConfigured, match=r"OPTIONS.*pool"):
-        open_alias(config)
+@pytest.mark.parametrize("engine", ["backends.release", "backends.baseline"])
+def test_native_engine_without_a_pool_is_refused_when_it_first_connects(engine, django_db_blocker):
+    # Built, as stock Django builds any wrapper: tools make one from a settings dict without
+    # connecting (Django's test runner renames its database), and that must work.
+    wrapper = open_alias({"ENGINE": engine, "NAME": "shop"})
+    wrapper.settings_dict["NAME"] = "renamed"
+    wrapper.close()
+    with django_db_blocker.unblock(), pytest.raises(ImproperlyConfigured) as refused:
+        wrapper.ensure_connection()  # refused before any network: NAME "renamed" is never asked for
+    message = str(refused.value)
+    assert message.startswith(f"DATABASES['default'] uses '{engine}', which needs Django's connection pool")
+    assert '"OPTIONS": {"pool": {"min_size": 1, "max_size": 4}}' in message
+    assert "DB_POOL" not in message  # it speaks of DATABASES only, in anyone's project
+    assert wrapper.connection is None
+
+
+@pytest.mark.parametrize("engine", ["backends.release", "backends.baseline"])
+def test_native_engine_without_a_pool_is_an_error_of_the_system_checks(engine):
+    [error] = database_warnings({"default": {"ENGINE": engine, "NAME": "shop", "CONN_HEALTH_CHECKS": True}})
+    assert error.id == "backends.E001" and error.is_serious()
+    assert "OPTIONS['pool']" in error.msg and '"OPTIONS": {"pool": ' in error.hint
+    pooled = with_pool({"ENGINE": engine, "NAME": "shop"}, "native", min_size=1, max_size=2, timeout=1)
+    assert database_warnings({"default": pooled}) == []
+    queue_pooled = {"ENGINE": f"{engine}.dj_db_conn_pool", "NAME": "shop"}
+    assert database_warnings({"default": queue_pooled}) == []  # its pool is POOL_OPTIONS
 
 
 @pytest.mark.parametrize("make", [native, queue_pooled], ids=["native", "dj_db_conn_pool"])
@@ -125,7 +145,7 @@ def test_environment_selects_the_engine(release, pool, engine):
 
 def test_atomic_requests_on_a_release_engine_is_a_warning():
     config = {"ENGINE": engine_for("cursor", POOL), "ATOMIC_REQUESTS": True}
-    config.update(pool_settings(POOL, min_size=1, max_size=2, timeout=1))
+    config = with_pool(config, POOL, min_size=1, max_size=2, timeout=1)
     [warning] = database_warnings({"default": config})
     assert warning.id == "backends.W001"
     assert "transaction.atomic()" in warning.hint
@@ -133,14 +153,17 @@ def test_atomic_requests_on_a_release_engine_is_a_warning():
 
 def test_atomic_requests_on_the_baseline_is_not_our_business():
     config = {"ENGINE": engine_for("request", POOL), "ATOMIC_REQUESTS": True}
-    config.update(pool_settings(POOL, min_size=1, max_size=2, timeout=1))
+    config = with_pool(config, POOL, min_size=1, max_size=2, timeout=1)
     assert database_warnings({"default": config}) == []
 
 
 @pytest.mark.parametrize(
     ("config", "setting"),
     [
-        ({"ENGINE": "backends.release", "CONN_HEALTH_CHECKS": False}, "CONN_HEALTH_CHECKS"),
+        (
+            {"ENGINE": "backends.release", "CONN_HEALTH_CHECKS": False, "OPTIONS": {"pool": True}},
+            "CONN_HEALTH_CHECKS",
+        ),
         (
             {"ENGINE": "backends.release.dj_db_conn_pool", "POOL_OPTIONS": {"PRE_PING": False}},
             "PRE_PING",
