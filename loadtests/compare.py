@@ -34,6 +34,7 @@ task workers of `tasks`.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -59,6 +60,7 @@ SIDE_OVERHEAD_SECONDS = 7
 PREPARE_SECONDS = 20  # migrate, seed, collect static files
 OVERHEAD_SECONDS_PER_ROUND = 0.5  # the per-query benchmark, one pool
 NEEDED_SHARE = 0.95  # "connections needed": the smallest pool reaching this share of the best
+PREDICTION_TOLERANCE = 0.5  # a predicted pool agrees within this share of the measured one (or 1)
 
 
 @dataclass(frozen=True)
@@ -320,9 +322,12 @@ def fold(args, runs: list[Run], results_by_run: dict[Run, dict]) -> dict:
             elif args.ceiling and str(args.pool_sizes[-1]) in sweep.get("baseline", {}):
                 # Stock with a pool at least as large as the ceiling's.
                 sides_of["ceiling"] = sweep["baseline"][str(args.pool_sizes[-1])]
-            out.setdefault("connections_needed", {})[scenario] = connections_needed(
+            needed = out.setdefault("connections_needed", {})[scenario] = connections_needed(
                 sweep, sides_of.get("ceiling")
             )
+            stock = sides_of.get("ceiling")
+            if stock and stock.get("predicted_pool") is not None:
+                out.setdefault("prediction", {})[scenario] = prediction_check(stock, needed.get("release"))
         else:
             sides_of = {name: figures for (name, _), figures in combined.items()}
         if not sides_of:
@@ -347,6 +352,26 @@ def connections_needed(sweep: dict[str, dict[str, dict]], ceiling: dict | None) 
         reaching = [int(size) for size, figures in sizes.items() if figures["rps"] >= NEEDED_SHARE * best]
         needed[name] = min(reaching) if reaching else None
     return needed
+
+
+def prediction_check(stock: dict, release_needs: int | None) -> dict:
+    """manage.py connection_report's pool, predicted from stock with every connection, against the sweep.
+
+    It agrees when it is within 1 connection or 50% of what release measurably
+    needed, whichever is larger.
+    """
+    predicted = math.ceil(stock["predicted_pool"])  # a median of rounds may fall between two
+    agrees = None
+    if release_needs is not None:
+        agrees = abs(predicted - release_needs) <= max(1, PREDICTION_TOLERANCE * release_needs)
+    return {
+        "stock_pool_size": stock.get("pool_size"),
+        "connections_now": stock["predicted_connections_now"],
+        "connections_with_release": stock["predicted_connections_with_release"],
+        "predicted_pool": predicted,
+        "release_needs": release_needs,
+        "agrees": agrees,
+    }
 
 
 def decide_pgbouncer(args, notes: list[str]) -> None:

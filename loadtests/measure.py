@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from apps.metrics import prediction
 from apps.metrics.histogram import Histogram
 
 Key = tuple[str, frozenset]
@@ -45,6 +46,11 @@ class Scrape:
             self.buckets(name), self.total(f"{name}_count"), self.total(f"{name}_sum")
         )
 
+    def views(self) -> dict[str, prediction.ViewTotals]:
+        """The per-view counters (db_view_*), by view."""
+        samples = ((name, dict(labels), value) for (name, labels), value in self.samples.items())
+        return prediction.read_views(samples)
+
 
 def fetch(base_url: str, timeout: float = 10) -> Scrape:
     with urllib.request.urlopen(f"{base_url}/metrics", timeout=timeout) as response:
@@ -75,6 +81,10 @@ class Window:
     def distribution(self, histogram: str) -> list[tuple[float, float]]:
         """(upper bound, count in that bucket) for the window, for charts."""
         return self.histogram(histogram).pairs()
+
+    def prediction(self, seconds: float, workers: int) -> prediction.Prediction:
+        """What manage.py connection_report says of the window, `seconds` long."""
+        return prediction.predict(prediction.since(self.after.views(), self.before.views()), seconds, workers)
 
 
 def read_directory(path) -> Scrape:

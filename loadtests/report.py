@@ -202,6 +202,40 @@ def sweep_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
     return header, rows
 
 
+def prediction_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
+    """The pool connection_report predicts from stock, beside what release needed in the sweep."""
+    predictions = results.get("prediction")
+    if not predictions:
+        return None
+    header = [
+        "scenario",
+        "stock: connections in use",
+        "with release (predicted)",
+        "predicted pool",
+        "release needed (sweep)",
+        "agrees (±1 or ±50%)",
+    ]
+    rows = [
+        [
+            scenario,
+            f"{check['connections_now']:.2f} (pool {check['stock_pool_size']})",
+            f"{check['connections_with_release']:.2f}",
+            str(check["predicted_pool"]),
+            needed_text(check["release_needs"]),
+            {True: "yes", False: "no", None: "-"}[check["agrees"]],
+        ]
+        for scenario, check in predictions.items()
+    ]
+    return header, rows
+
+
+PREDICTION_NOTE = (
+    "From the stock side with every connection: the connections in use by Little's law (requests/s x "
+    "hold), and with release (requests/s x the time release must keep one), as manage.py "
+    "connection_report prints them for a running site."
+)
+
+
 def served_by(results: dict) -> dict[str, tuple[str, int | None]]:
     """{scenario: (server, users)} from the sides that ran; wsgi for reports that predate ASGI."""
     found = {}
@@ -328,6 +362,9 @@ def sections(results: dict):
     table = sweep_table(results)
     if table:
         yield "Pool-size sweep (req/s)", "", *table
+    table = prediction_table(results)
+    if table:
+        yield "Release pool predicted from stock", PREDICTION_NOTE, *table
     if overhead_says_something(results.get("overhead")):
         yield (
             "Per-query cost of release (one thread)",
@@ -469,6 +506,9 @@ def summary_markdown(results: dict) -> str:
     table = sweep_table(results)
     if table:
         lines += [*markdown_table(*table), ""]
+    table = prediction_table(results)
+    if table:
+        lines += [PREDICTION_NOTE, "", *markdown_table(*table), ""]
     lines += [f"Note: {note}" for note in results.get("notes", [])]
     line = overhead_line(results)
     if line:

@@ -13,6 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from apps.metrics import prediction
 from loadtests import measure
 from loadtests.sampler import Sampler, Server
 from loadtests.scenarios import SCENARIOS, SINGLE_REQUEST_PATHS
@@ -167,6 +168,7 @@ def measure_side(
         "latency_p95_ms": float(locust["95%"]),
         "latency_p99_ms": float(locust["99%"]),
         **connection_figures(window),
+        **predicted_connections(window.prediction(load.duration, workers)),
         "max_checked_out": int(sampler.max_checked_out),
         "worker_cpu_ms_per_request": ms(ratio(cpu, served)),
         "worker_busy_percent": sampler.median_busy_percent(),
@@ -200,6 +202,15 @@ def connection_figures(window: measure.Window) -> dict:
         "pool_timeouts": int(window.delta("db_pool_timeouts_total")),
         "requests_ended_holding": int(window.delta("db_requests_ended_holding_total")),
         "hold_distribution": window.distribution("db_connection_hold_seconds"),
+    }
+
+
+def predicted_connections(predicted: prediction.Prediction) -> dict:
+    """connection_report's totals: connections in use, now and with release, and a pool per worker."""
+    return {
+        "predicted_connections_now": predicted.connections_now,
+        "predicted_connections_with_release": predicted.connections_with_release,
+        "predicted_pool": predicted.suggested_pool if predicted.views else None,
     }
 
 

@@ -152,6 +152,13 @@ def test_a_pool_size_sweep_reports_the_connections_each_engine_needs(tmp_path):
     assert "side 4/4 raw/" in result.stdout and "(pool 1)" in result.stdout
     assert "connections needed" in result.stdout
     assert (tmp_path / "report" / "sweep.png").stat().st_size > 0
+    # connection_report's prediction, from stock with every connection, beside the sweep's answer.
+    check = report["prediction"]["raw"]
+    ceiling = report["scenarios"]["raw"]["ceiling"]
+    assert check["predicted_pool"] == ceiling["predicted_pool"] >= 1
+    assert 0 < check["connections_with_release"] < check["connections_now"]
+    assert check["release_needs"] == needed["release"]
+    assert "predicted pool" in result.stdout
 
 
 def test_a_comparison_against_sites_already_running(tmp_path, serve):
@@ -351,6 +358,18 @@ def test_connections_needed_is_the_smallest_pool_reaching_95_percent_of_the_best
     }
     assert connections_needed(sweep, None) == {"baseline": 32, "release": 2}
     assert connections_needed(sweep, {"rps": 1000.0}) == {"baseline": None, "release": None}
+
+
+@pytest.mark.parametrize(
+    ("predicted", "needed", "agrees"),
+    [(2, 2, True), (3, 2, True), (4, 2, False), (6, 4, True), (7, 4, False), (2.5, 4, True), (1, None, None)],
+)
+def test_a_predicted_pool_agrees_within_one_connection_or_half(predicted, needed, agrees):
+    from loadtests.compare import prediction_check
+
+    stock = {"predicted_pool": predicted, "predicted_connections_now": 9}
+    stock["predicted_connections_with_release"] = 1
+    assert prediction_check(stock, needed)["agrees"] is agrees
 
 
 def test_the_commit_comes_from_the_environment_or_a_file_without_git(tmp_path, monkeypatch):

@@ -128,8 +128,7 @@ def test_a_checkout_ended_with_a_cursor_left_open_is_kept_whole(database, return
 
 
 def view_totals(client: Client) -> dict[str, prediction.ViewTotals]:
-    scrape = Scrape.parse(client.get("/metrics").content.decode())
-    return prediction.read_views((name, dict(labels), value) for (name, labels), value in scrape.samples.items())
+    return Scrape.parse(client.get("/metrics").content.decode()).views()
 
 
 def test_each_view_counts_its_requests_hold_and_time_in_the_database(client):
@@ -184,9 +183,7 @@ def test_a_site_that_cannot_be_read_is_named_with_the_likely_cause():
         call_command("connection_report", "--url", "http://127.0.0.1:9", "--seconds", "0.1")
 
 
-@pytest.mark.parametrize(
-    ("average", "pool"), [(0.0, 1), (0.25, 2), (1.0, 3), (4.0, 8), (30.0, 41)]
-)
+@pytest.mark.parametrize(("average", "pool"), [(0.0, 1), (0.25, 2), (1.0, 3), (4.0, 8), (30.0, 41)])
 def test_the_suggested_pool_leaves_room_for_requests_arriving_together(average, pool):
     assert prediction.suggested_pool(average) == pool
 
