@@ -41,6 +41,41 @@ def test_the_recent_window_counts_only_what_happened_since_the_earlier_reading()
     assert recent.checked_out == now.checked_out  # a gauge is what it is now
 
 
+def test_the_views_are_ranked_by_the_connections_they_hold_idle():
+    from dataclasses import replace
+
+    from apps.dashboard.views import _views
+    from apps.metrics.prediction import ViewTotals
+
+    earlier = replace(snapshot(0, [0, 0, 0, 0]), views={"catalog:detail": ViewTotals(10, 1.0, 0.1, 0.1)})
+    now = replace(
+        snapshot(50, [50, 0, 0, 0], at=10),
+        views={
+            "catalog:detail": ViewTotals(110, 6.0, 0.6, 0.6),  # 100 requests holding 50 ms, 45 idle
+            "orders:new": ViewTotals(20, 2.0, 0.5, 2.0),  # a transaction: nothing idle
+            "api-raw-leaky": ViewTotals(5, 3.0, 0.1, 0.2),
+        },
+    )
+    rows = _views(now.since(earlier), seconds=10)
+    assert [row["view"] for row in rows] == ["catalog:detail", "api-raw-leaky", "orders:new"]
+    detail = rows[0]
+    assert detail["requests_per_second"] == 10
+    assert detail["held"] == pytest.approx(0.5) and detail["idle"] == pytest.approx(0.45)
+    assert detail["idle_share"] == pytest.approx(0.9)
+    assert _views(now, seconds=None) == []  # no window yet: no rates
+
+
+def test_the_pool_size_says_how_the_workers_share_it():
+    from dataclasses import replace
+
+    from apps.dashboard.views import _pool_size
+
+    site = replace(snapshot(0, [0, 0, 0, 0]), max_size=8)
+    assert _pool_size(site, per_worker=4) == "8 (2 workers × 4)"
+    assert _pool_size(site, per_worker=8) == "8"
+    assert _pool_size(site, per_worker=None) == "8"
+
+
 def test_a_restarted_server_shows_everything_since_its_start():
     assert snapshot(20, [20, 0, 0, 0]).since(snapshot(100, [100, 0, 0, 0])).checkouts == 20
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from apps.metrics import prometheus
+from apps.metrics import prediction, prometheus
 from apps.metrics.histogram import Histogram as Distribution  # one quantile for dashboard and reports
 
 Samples = dict[str, list[tuple[str, dict, float]]]  # family name -> (sample name, labels, value)
@@ -37,6 +37,8 @@ class Snapshot:
     request_checkouts: Distribution
     # Name (from OPTIONAL_COUNTERS) -> count, for the counters this server exports.
     optional: dict[str, float] = field(default_factory=dict)
+    # Each view's requests and connection-seconds (db_view_*), for the idle-hold table.
+    views: dict[str, prediction.ViewTotals] = field(default_factory=dict)
 
     def since(self, earlier: Snapshot) -> Snapshot:
         """What happened between `earlier` and this reading; gauges stay as they are now."""
@@ -57,6 +59,7 @@ class Snapshot:
             request_hold=self.request_hold.minus(earlier.request_hold),
             request_checkouts=self.request_checkouts.minus(earlier.request_checkouts),
             optional={k: v - earlier.optional.get(k, 0.0) for k, v in self.optional.items()},
+            views=prediction.since(self.views, earlier.views),
         )
 
 
@@ -86,6 +89,9 @@ def from_samples(samples: Samples, taken_at: float | None = None) -> Snapshot:
         request_hold=Distribution.from_samples(samples.get("db_request_hold_seconds", ())),
         request_checkouts=Distribution.from_samples(samples.get("db_request_checkouts", ())),
         optional={key: total(family) for key, family in OPTIONAL_COUNTERS.items() if family in samples},
+        views=prediction.read_views(
+            sample for family in prediction.FAMILIES.values() for sample in samples.get(family, ())
+        ),
     )
 
 

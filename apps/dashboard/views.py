@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from apps.dashboard import charts, history
 from apps.dashboard.snapshot import Snapshot
+from apps.metrics import prediction
 from apps.metrics.access import internal_only
 
 REFRESH_SECONDS = 2
+VIEWS_SHOWN = 8  # the views holding the most idle connections
 WINDOW_SECONDS = 30  # the "recent" column: what happened in the last half minute
 TREND_SECONDS = 120
 
@@ -45,7 +48,33 @@ def _stats(dist, label, p95_label) -> dict:
     return {"count": int(dist.total), "mean": label(dist.mean), "p95": p95_label(dist.quantile(0.95))}
 
 
-def _side(name: str, now: Snapshot, recent: Snapshot, seconds: float) -> dict:
+def _pool_size(now: Snapshot, per_worker: int | None) -> str:
+    """ "8 (2 workers x 4)": the site's pools, summed over its workers, and how."""
+    total = int(now.max_size)
+    if per_worker and total > per_worker and total % per_worker == 0:
+        return f"{total} ({total // per_worker} workers × {per_worker})"
+    return str(total)
+
+
+def _views(recent: Snapshot, seconds: float | None) -> list[dict]:
+    """The views ranked by the connections they hold idle (what release gives back), over the window."""
+    if not seconds:
+        return []
+    rates = prediction.predict(recent.views, seconds).views[:VIEWS_SHOWN]
+    return [
+        {
+            "view": v.view,
+            "requests_per_second": v.requests_per_s,
+            "held": v.hold_s_per_s,
+            "database": v.db_s_per_s,
+            "idle": v.idle_s_per_s,
+            "idle_share": v.idle_share,
+        }
+        for v in rates
+    ]
+
+
+def _side(name: str, now: Snapshot, recent: Snapshot, seconds: float, per_worker: int | None = None) -> dict:
     counters = []
     for attribute, title, note, always in COUNTERS:
         if hasattr(now, attribute):
@@ -62,6 +91,8 @@ def _side(name: str, now: Snapshot, recent: Snapshot, seconds: float) -> dict:
         "pools": ", ".join(now.pools),
         "checked_out": now.checked_out,
         "max_size": now.max_size,
+        "pool_size": _pool_size(now, per_worker),
+        "views": _views(recent, seconds),
         "idle": now.idle,
         "full": bool(now.max_size) and now.checked_out >= now.max_size,
         "checkouts_total": now.checkouts,
@@ -104,7 +135,8 @@ def _context() -> dict:
         return now if earlier is None else now.since(earlier)
 
     here_name = f"this site: {_engine(current.here)}"
-    sides = [_side(here_name, current.here, recent(current.here, start and start.here), seconds)]
+    here_pool = connections["default"].pool_usage().max_size
+    sides = [_side(here_name, current.here, recent(current.here, start and start.here), seconds, here_pool)]
     peer_name = None
     if peer_now is not None:
         peer_name = f"{history.peer_url()}: {_engine(peer_now)}"
