@@ -15,8 +15,12 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -90,21 +94,46 @@ def own_database():
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_project(where: Path, database: dict) -> Path:
+# What the per-view figures and manage.py connection_report need besides backends/ (the README says so).
+METRICS_FOLDERS = ("apps/metrics", "apps/web")
+METRICS_SETTINGS = """
+INSTALLED_APPS += ['apps.metrics']
+MIDDLEWARE = ['apps.metrics.middleware.DatabaseUsageMiddleware', *MIDDLEWARE]
+"""
+METRICS_URLS = """
+from django.urls import include
+
+urlpatterns.append(path("", include("apps.metrics.urls")))
+"""
+
+
+def copy(folder: str, where: Path) -> None:
+    shutil.copytree(ROOT / folder, where / folder, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def start_project(where: Path, database: dict, engine: str | None = None, metrics: bool = False) -> Path:
     where.mkdir()
     subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(where)], check=True)
-    shutil.copytree(ROOT / "backends", where / "backends", ignore=shutil.ignore_patterns("__pycache__"))
+    copy("backends", where)
     databases = readme_databases()
     # The README's entry as it stands, with the connection details of this server.
     databases["default"].update(database)
+    if engine:
+        databases["default"]["ENGINE"] = engine
     settings = where / "mysite" / "settings.py"
     settings.write_text(
         settings.read_text()
         + f"\nINSTALLED_APPS += ['backends']\nDATABASES = {databases!r}\nDEBUG = False\n"
         + "ALLOWED_HOSTS = ['127.0.0.1']\n"
+        + (METRICS_SETTINGS if metrics else "")
     )
     (where / "mysite" / "views.py").write_text(VIEWS)
-    (where / "mysite" / "urls.py").write_text(URLS)
+    (where / "mysite" / "urls.py").write_text(URLS + (METRICS_URLS if metrics else ""))
+    if metrics:
+        (where / "apps").mkdir()
+        (where / "apps" / "__init__.py").write_text("")
+        for folder in METRICS_FOLDERS:
+            copy(folder, where)
     return where
 
 
@@ -124,28 +153,39 @@ def run_in(project: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def serve_and_get(project: Path, path: str, *worker: str) -> dict:
+@contextmanager
+def serving(project: Path, *worker: str) -> Iterator[str]:
+    """gunicorn serving the new project; its base URL once it answers."""
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", *worker]
     log = project / f"gunicorn-{port}.log"
     with log.open("w") as output:
         server = subprocess.Popen(command, cwd=project, env=new_project_env(), stdout=output, stderr=output)
     try:
-        answer = None
         for _ in range(150):
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-                    answer = json.load(response)
-                break
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).close()
+            except urllib.error.HTTPError:
+                break  # it answers (the new project has no page at /)
             except OSError:
-                if server.poll() is not None:
-                    break
+                assert server.poll() is None, log.read_text()[-3000:]
                 time.sleep(0.2)
-        assert answer is not None, log.read_text()[-3000:]
-        return answer
+            else:
+                break
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def serve_and_get(project: Path, path: str, *worker: str) -> dict:
+    with serving(project, *worker) as base:
+        return get_json(f"{base}{path}")
 
 
 def test_a_new_project_with_only_backends_copied_in_releases_before_its_slow_call(tmp_path, own_database):
@@ -166,3 +206,34 @@ def test_a_new_project_with_only_backends_copied_in_releases_before_its_slow_cal
         project, "/async/", "--worker-class", "uvicorn_worker.UvicornWorker", "mysite.asgi:application"
     )
     assert under_uvicorn == {"users": 0, "held_during_call": False}
+
+
+def test_a_stock_project_with_the_metrics_copied_in_is_measured_before_switching(tmp_path, own_database):
+    """Measure first: stock Django (the baseline engine), per-view figures, connection_report's prediction."""
+    project = start_project(tmp_path / "mysite", own_database, engine="backends.baseline", metrics=True)
+    assert run_in(project, "manage.py", "check").returncode == 0
+    assert run_in(project, "manage.py", "migrate", "--noinput").returncode == 0
+
+    with serving(project, "--threads", "4", "mysite.wsgi:application") as base:
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                assert get_json(f"{base}/sync/")["held_during_call"] is True  # stock holds it
+
+        sender = threading.Thread(target=traffic)
+        sender.start()
+        try:
+            report = run_in(
+                project, "manage.py", "connection_report", "--url", base, "--seconds", "2", "--json"
+            )
+        finally:
+            stop.set()
+            sender.join(20)
+    assert report.returncode == 0, report.stderr
+    figures = json.loads(report.stdout)
+    (view,) = [v for v in figures["views"] if v["view"] == "mysite.views.users_then_slow_call"]
+    # Each request holds its connection through a 50 ms call that needs none of it.
+    assert view["requests_per_s"] > 5
+    assert view["idle_share"] > 0.8
+    assert figures["total"]["connections_with_release"] < figures["total"]["connections_now"] / 5
