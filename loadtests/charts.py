@@ -139,6 +139,13 @@ def sweep(results: dict, out: Path) -> str:
     return save(fig, out, "sweep.png")
 
 
+def pale_p95_key():
+    """The legend's entry for the pale bars behind the others."""
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor="grey", alpha=0.3, label="p95 (pale, behind)")
+
+
 def hold(results: dict, out: Path) -> str:
     """Hold per checkout: the mean (solid) and p95 (pale, behind), per scenario and side, log scale."""
     import matplotlib.pyplot as plt
@@ -152,13 +159,14 @@ def hold(results: dict, out: Path) -> str:
         figures = [results["scenarios"][n].get(side) or {} for n in names]
         ax.bar(positions, [f.get("hold_p95_ms") or 0 for f in figures], width, color=COLOURS[side], alpha=0.3)
         bars = ax.bar(positions, [f.get("hold_mean_ms") or 0 for f in figures], width, color=COLOURS[side],
-                      label=TITLES[side])  # fmt: skip
+                      label=legend_label(results, side))  # fmt: skip
         ax.bar_label(bars, fmt="%.2g", fontsize=7)
     ax.set_xticks(range(len(names)), names)
     ax.set_yscale("log")
     ax.set_ylabel("ms per checkout (log scale)")
-    ax.set_title("How long a checkout held its connection: mean, and p95 behind it")
-    ax.legend(fontsize=8, ncols=4, loc="upper center")
+    ax.set_title("How long a checkout held its connection, lower is better: mean, and p95 (pale) behind it")
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=[*handles, pale_p95_key()], fontsize=8, ncols=4, loc="upper center")
     ax.set_ylim(top=ax.get_ylim()[1] * 8)
     return save(fig, out, "hold.png")
 
@@ -171,13 +179,13 @@ def latency(results: dict, out: Path) -> str:
     for bar_container in list(ax.containers):
         for patch in bar_container:
             patch.set_alpha(0.35)
-    grouped_bars(ax, results, lambda side: side.get("latency_p50_ms"))
-    handles, labels = ax.get_legend_handles_labels()
+    grouped_bars(ax, results, lambda side: side.get("latency_p50_ms"), label="%.0f")
+    handles, _ = ax.get_legend_handles_labels()
     half = len(handles) // 2
-    ax.legend(handles[half:], labels[half:], fontsize=8, ncols=4)
+    ax.legend(handles=[*handles[half:], pale_p95_key()], fontsize=8, ncols=4)
     ax.set_ylabel("milliseconds (client side)")
     ax.set_ylim(top=ax.get_ylim()[1] * 1.18)  # room for the legend
-    ax.set_title("Latency: p50, and p95 (pale) behind it")
+    ax.set_title("Latency, lower is better: p50 (labelled), and p95 (pale) behind it")
     return save(fig, out, "latency.png")
 
 
