@@ -168,7 +168,7 @@ def test_the_report_predicts_from_what_the_site_did_while_it_measured(client):
     (readyz,) = [view for view in report["views"] if view["view"] == "readyz"]
     assert readyz["requests_per_s"] > 1
     assert 0 < readyz["db_s_per_s"] <= readyz["hold_s_per_s"]
-    assert report["total"]["connections_now"] >= readyz["hold_s_per_s"]
+    assert report["total"]["connections_now"] >= readyz["hold_s_per_s"] - 0.001  # each rounded
     assert report["total"]["suggested_pool"] >= 1
 
 

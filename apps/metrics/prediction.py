@@ -111,8 +111,8 @@ class Prediction:
     def as_json(self) -> dict:
         return {
             "total": {
-                "connections_now": round(self.connections_now, 3),
-                "connections_with_release": round(self.connections_with_release, 3),
+                "connections_now": round(self.connections_now, 4),
+                "connections_with_release": round(self.connections_with_release, 4),
                 "suggested_pool": self.suggested_pool,
                 "workers": self.workers,
                 "seconds": round(self.seconds, 3),
