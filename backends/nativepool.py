@@ -126,8 +126,11 @@ class NativePoolMixin:
                 pass
         if connection is None:
             pool = self.pool
-            if pool is None:  # no pool: Django connects, for its maintenance connection only
-                if self.alias != NO_DB_ALIAS:
+            if pool is None:  # no pool: Django connects
+                # Only where that was meant: Django's maintenance connection, or a settings dict
+                # that turns the pool off explicitly ("pool": False, as Django's own tests do to
+                # get a connection of their own). Without the key, DATABASES forgot the pool.
+                if self.alias != NO_DB_ALIAS and self.settings_dict["OPTIONS"].get("pool") is None:
                     raise missing_pool(self.settings_dict, self.alias)
                 return super().get_new_connection(conn_params or self.checkout_params())
             connection = super().get_new_connection(conn_params)  # opens the pool, sets the isolation level
