@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = BASE_DIR / "project" / "gunicorn.conf.py"
 
 
 def cpu_used(before: float | None, after: float | None) -> float | None:
@@ -71,7 +72,7 @@ class LogFile:
 
 
 class Gunicorn(LogFile):
-    """gunicorn serving the shop with project/gunicorn.conf.py on 127.0.0.1:`port`.
+    """gunicorn serving the shop with `config_file` (project/gunicorn.conf.py) on 127.0.0.1:`port`.
 
     The one launcher for the load tools and the tests: `env` is added to this
     process's environment (DB_RELEASE, pool sizes, GUNICORN_WORKERS, ...); the
@@ -80,9 +81,16 @@ class Gunicorn(LogFile):
     """
 
     def __init__(
-        self, port: int, workdir: Path, env: dict[str, str], *extra_args: str, name: str = ""
+        self,
+        port: int,
+        workdir: Path,
+        env: dict[str, str],
+        *extra_args: str,
+        name: str = "",
+        config_file: Path = DEFAULT_CONFIG,
     ) -> None:
         self.port = port
+        self.config_file = config_file
         self.url = f"http://127.0.0.1:{port}"
         self.metrics_dir = workdir / f"metrics-{port}"
         self.log_path = workdir / f"gunicorn-{name + '-' if name else ''}{port}.log"
@@ -97,7 +105,7 @@ class Gunicorn(LogFile):
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "gunicorn", "-c", str(BASE_DIR / "project" / "gunicorn.conf.py")]
+        command = [sys.executable, "-m", "gunicorn", "-c", str(self.config_file)]
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
                 [*command, *self.extra_args],
@@ -157,7 +165,13 @@ class Site(Gunicorn):
     """One side of a comparison: the shop with `config`, on 127.0.0.1:`port`, for a `with` block."""
 
     def __init__(
-        self, config: SiteConfig, port: int, workdir: Path, extra_env: dict | None = None, name: str = ""
+        self,
+        config: SiteConfig,
+        port: int,
+        workdir: Path,
+        extra_env: dict | None = None,
+        name: str = "",
+        gunicorn_config: Path = DEFAULT_CONFIG,
     ) -> None:
         env = {
             "DB_RELEASE": config.release,
@@ -171,7 +185,7 @@ class Site(Gunicorn):
             "DJANGO_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }
-        super().__init__(port, workdir, env, name=name or config.release)
+        super().__init__(port, workdir, env, name=name or config.release, config_file=gunicorn_config)
         self.config = config
 
     def __enter__(self) -> Site:

@@ -8,14 +8,17 @@ the shop under gunicorn's threads (WSGI) with Locust's MixedUser, and under uvic
 workers (ASGI) with its AsyncUser. Every --kill-every-seconds every server session of
 the shop's database is terminated; once, around the middle, PostgreSQL stops for
 --restart-seconds and starts again. Every --sample-seconds it records each worker's
-RSS and open file descriptors, the server's connections (pg_stat_activity), each
+RSS and open file descriptors, what that memory is made of (Python's blocks, malloc's
+in use and free: loadtests/heap.py), the server's connections (pg_stat_activity), each
 site's checked-out connections, hold and wait p95 over the interval (/metrics) and
 the 5xx answered so far.
 
 The report (report.json, report.md, soak.png) goes to reports/soak/<engine>-<pool>/,
 with a verdict per line: memory growth from minute 5 to the end under 5%, descriptors
 and server connections at the end within the pool's size of the start, no 500; every
-5xx with its cause from the site's log. Run nothing else on the machine meanwhile.
+5xx with its cause from the site's log. The heap's figures are shown from minute 5 to
+the end too, without a rule: they say whether memory that grew is live or kept by malloc.
+Run nothing else on the machine meanwhile.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from loadtests import measure
+from loadtests import heap, measure
 from loadtests.faults import ENGINES, DedicatedServer, manage, run_locust, say, terminate_backends
 from loadtests.machine import machine
 from loadtests.side import ms
@@ -45,6 +48,7 @@ from loadtests.site import BASE_DIR, Site, SiteConfig
 # The lines a soak samples, in the order of the chart's panels: (key, title, unit).
 LINES = [
     ("rss_mb", "RSS of each worker", "MB"),
+    *heap.LINES,
     ("fds", "open file descriptors of each worker", "descriptors"),
     ("server_connections", "server connections (pg_stat_activity, the shop's database)", "connections"),
     ("checked_out", "connections checked out (db_connections_checked_out)", "connections"),
@@ -53,6 +57,8 @@ LINES = [
     ("errors_5xx", "5xx answered so far (Locust)", "responses"),
 ]
 MEMORY_GROWTH_LIMIT = 0.05
+# The sites' gunicorn settings: the project's, with each worker reporting its heap (loadtests/heap.py).
+HEAP_CONFIG = BASE_DIR / "loadtests" / "gunicorn_heap.conf.py"
 # Memory is measured from here on: the first minutes are the workers warming up.
 WARM_UP_SECONDS = 300
 # A 503 that ends this long after a fault began (or after the server is back) is the fault's.
@@ -157,15 +163,18 @@ def worker_readings(master_pid: int) -> dict[int, tuple[float, int]]:
 class Watched:
     """One site under load: its server, its Locust, its request log and its last /metrics."""
 
-    def __init__(self, name: str, site: Site, log: RequestLog) -> None:
-        self.name, self.site, self.log = name, site, log
+    def __init__(self, name: str, site: Site, log: RequestLog, heap_dir: Path) -> None:
+        self.name, self.site, self.log, self.heap_dir = name, site, log, heap_dir
         self.last_scrape: measure.Scrape | None = None
         self.locust: subprocess.Popen | None = None
 
     def sample(self, t: float, series: Series) -> None:
+        reports = heap.read_reports(self.heap_dir)
         for pid, (rss, fds) in worker_readings(self.site.process.pid).items():
             series.add("rss_mb", f"{self.name}/{pid}", t, rss)
             series.add("fds", f"{self.name}/{pid}", t, fds)
+            for line, value in reports.get(pid, {}).items():
+                series.add(line, f"{self.name}/{pid}", t, value)
         try:
             scrape = measure.fetch(self.site.url, timeout=5)
         except OSError:
@@ -247,23 +256,24 @@ def memory_from(duration: float) -> tuple[float, str]:
     )
 
 
-def memory_verdicts(rss: dict[str, list], duration: float) -> list[Verdict]:
+def memory_verdicts(
+    by_subject: dict[str, list], duration: float, line: str = "rss_mb", judged: bool = True
+) -> list[Verdict]:
+    """Growth of each worker's `line` from minute 5 to the end: judged for RSS, figures for the rest."""
     start_t, span = memory_from(duration)
-    last_reading = max((points[-1][0] for points in rss.values()), default=0)
+    last_reading = max((points[-1][0] for points in by_subject.values()), default=0)
+    rule = f"grows < {MEMORY_GROWTH_LIMIT:.0%} {span}" if judged else f"figures only, {span}"
     verdicts = []
-    for subject, points in sorted(rss.items()):
+    for subject, points in sorted(by_subject.items()):
         start, end = value_from(points, start_t), value_at_end(points)
-        rule = f"grows < {MEMORY_GROWTH_LIMIT:.0%} {span}"
         if start is None or points[0][0] > start_t or points[-1][0] < last_reading:
             # A worker that was not there from the start to the end: gunicorn replaced it.
-            verdicts.append(
-                Verdict("rss_mb", subject, start, end, False, rule, "worker not there throughout")
-            )
+            passed = False if judged else None
+            verdicts.append(Verdict(line, subject, start, end, passed, rule, "worker not there throughout"))
             continue
-        growth = (end - start) / start
-        verdicts.append(
-            Verdict("rss_mb", subject, start, end, growth < MEMORY_GROWTH_LIMIT, rule, f"{growth:+.1%}")
-        )
+        growth = (end - start) / start if start else 0.0
+        passed = growth < MEMORY_GROWTH_LIMIT if judged else None
+        verdicts.append(Verdict(line, subject, start, end, passed, rule, f"{growth:+.1%}"))
     return verdicts
 
 
@@ -317,6 +327,8 @@ def under_load(by_subject: dict[str, list], duration: float) -> dict[str, list]:
 
 def verdicts(series: dict, duration: float, pool_size: int, errors: dict) -> list[Verdict]:
     found = memory_verdicts(series.get("rss_mb", {}), duration)
+    for line, _, _ in heap.LINES:
+        found += memory_verdicts(series.get(line, {}), duration, line, judged=False)
     for line in ("fds", "server_connections"):
         found += level_verdicts(line, under_load(series.get(line, {}), duration), pool_size)
     found += idle_verdicts(series.get("checked_out", {}))
@@ -542,19 +554,23 @@ def soak(args, workdir: Path) -> dict:
         secret = os.environ.get("DJANGO_SECRET_KEY") or "soak-" + "x" * 60
         say("migrating and seeding it")
         prepare_database(server, secret)
-        extra = {"DATABASE_URL": server.url(), "DJANGO_SECRET_KEY": secret}
+        extra = {"DATABASE_URL": server.url(), "DJANGO_SECRET_KEY": secret,
+                 "HEAP_REPORT_SECONDS": str(args.sample_seconds)}  # fmt: skip
+        heap_dirs = {kind: workdir / f"heap-{kind}" for kind in ("wsgi", "asgi")}
         configs = {
             kind: SiteConfig(release=ENGINES[args.engine], pool=args.pool, pool_size=args.pool_size,
                              workers=args.workers, threads=args.threads,
                              external_latency_ms=args.external_latency_ms, server=kind)
             for kind in ("wsgi", "asgi")
         }  # fmt: skip
-        with (
-            Site(configs["wsgi"], args.port, workdir, extra_env=extra, name="wsgi") as wsgi,
-            Site(configs["asgi"], args.port + 1, workdir, extra_env=extra, name="asgi") as asgi,
-        ):
-            sites = [Watched("wsgi", wsgi, RequestLog(workdir / "requests-wsgi.log")),
-                     Watched("asgi", asgi, RequestLog(workdir / "requests-asgi.log"))]  # fmt: skip
+        sites_by_kind = {
+            kind: Site(configs[kind], args.port + i, workdir, name=kind, gunicorn_config=HEAP_CONFIG,
+                       extra_env={**extra, "HEAP_REPORT_DIR": str(heap_dirs[kind])})
+            for i, kind in enumerate(("wsgi", "asgi"))
+        }  # fmt: skip
+        with sites_by_kind["wsgi"] as wsgi, sites_by_kind["asgi"] as asgi:
+            sites = [Watched(kind, site, RequestLog(workdir / f"requests-{kind}.log"), heap_dirs[kind])
+                     for kind, site in sites_by_kind.items()]  # fmt: skip
             duration = args.minutes * 60
             say(
                 f"{args.engine} on {args.pool} for {args.minutes:g} min: {args.wsgi_users} MixedUser on "

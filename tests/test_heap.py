@@ -1,0 +1,81 @@
+"""A worker's heap figures (loadtests/heap.py): read from this very process, written and read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+
+import pytest
+
+from loadtests import heap, soak
+from tests.servers import ROOT
+
+glibc_only = pytest.mark.skipif(heap._MALLINFO2 is None, reason="mallinfo2() is glibc's")
+
+
+@glibc_only
+def test_malloc_in_use_follows_what_is_allocated_and_freed():
+    before = heap.figures()
+    # 4,000 blocks of 8 KiB: over Python's 512-byte limit, so each one is malloc's.
+    blocks = [bytes(8192) for _ in range(4000)]
+    held = heap.figures()
+    del blocks
+    after = heap.figures()
+
+    grown = held["malloc_in_use_mb"] - before["malloc_in_use_mb"]
+    assert grown == pytest.approx(4000 * 8192 / 2**20, rel=0.2)
+    assert after["malloc_in_use_mb"] < held["malloc_in_use_mb"] - 0.8 * grown
+    assert held["malloc_free_mb"] >= 0
+
+
+def test_python_blocks_count_objects_held():
+    before = heap.figures()["python_blocks_k"]
+    objects = [object() for _ in range(50_000)]
+    assert heap.figures()["python_blocks_k"] - before == pytest.approx(50, rel=0.2)
+    del objects
+
+
+def test_a_reporter_writes_its_figures_and_the_soak_reads_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEAP_REPORT_DIR", str(tmp_path / "heap"))
+    monkeypatch.setenv("HEAP_REPORT_SECONDS", "0.05")
+    reporter = heap.start_reporting()
+    assert reporter is not None
+    path = tmp_path / "heap" / f"{os.getpid()}.json"
+    for _ in range(100):
+        if path.exists():
+            break
+        reporter.join(0.05)
+    (tmp_path / "heap" / "notes.json").write_text("not a worker's")
+    (tmp_path / "heap" / "7.json").write_text("{half a fi")
+
+    reports = heap.read_reports(tmp_path / "heap")
+    assert list(reports) == [os.getpid()]
+    assert reports[os.getpid()]["python_blocks_k"] > 1
+
+
+def test_no_reporter_without_a_folder(monkeypatch):
+    monkeypatch.delenv("HEAP_REPORT_DIR", raising=False)
+    assert heap.start_reporting() is None
+
+
+def test_the_soaks_gunicorn_settings_are_the_projects_with_a_worker_hook(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the settings set it; put back after
+    project = runpy.run_path(str(ROOT / "project" / "gunicorn.conf.py"))
+    soaks = runpy.run_path(str(ROOT / "loadtests" / "gunicorn_heap.conf.py"))
+    for name in ("bind", "workers", "threads", "worker_class", "wsgi_app", "timeout", "on_starting",
+                 "post_fork", "worker_exit", "child_exit"):  # fmt: skip
+        ours, theirs = soaks[name], project[name]
+        if callable(theirs):
+            assert ours.__code__ == theirs.__code__, name
+        else:
+            assert ours == theirs, name
+    assert "post_worker_init" in soaks and "post_worker_init" not in project
+
+
+def test_heap_figures_are_shown_from_minute_5_without_a_verdict():
+    blocks = {"wsgi/1": [[60.0 * i, 400 + (i >= 5) * 40] for i in range(31)]}
+    (verdict,) = soak.memory_verdicts(blocks, 1800, "python_blocks_k", judged=False)
+    assert verdict.passed is None and verdict.note == "+0.0%"
+    assert verdict.rule == "figures only, from minute 5 to the end"
+    assert json.dumps(soak.LINES).count("mallinfo2") == 2
