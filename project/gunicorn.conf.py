@@ -6,6 +6,7 @@
     GUNICORN_WORKERS  worker processes                2
     GUNICORN_THREADS  threads per worker (wsgi)       8
     GUNICORN_ACCESS_LOG  "1" to log every request     off
+    MALLOC_ARENA_MAX  glibc's malloc arenas per process  2 (project/allocator.py)
 
 Each worker opens its own connection pool after the fork (a pool's sockets and
 threads must never be shared with a forked child), and writes its metrics to
@@ -23,6 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from project import allocator
 from project import environment as env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -40,6 +42,11 @@ timeout = 30
 graceful_timeout = 10
 accesslog = "-" if env.boolean("GUNICORN_ACCESS_LOG") else None
 chdir = str(BASE_DIR)
+
+# Set in the master, before any thread, for the workers it forks. Given in the environment,
+# glibc has read it already.
+if not env.string("MALLOC_ARENA_MAX"):
+    allocator.limit_arenas(2)
 
 # One folder per address, so a release and a baseline site started from the same
 # checkout keep their numbers apart. Set here, in the master, before prometheus_client

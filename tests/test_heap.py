@@ -61,6 +61,7 @@ def test_no_reporter_without_a_folder(monkeypatch):
 
 def test_the_soaks_gunicorn_settings_are_the_projects_with_a_worker_hook(tmp_path, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the settings set it; put back after
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")  # or they would set this process's malloc arenas
     project = runpy.run_path(str(ROOT / "project" / "gunicorn.conf.py"))
     soaks = runpy.run_path(str(ROOT / "loadtests" / "gunicorn_heap.conf.py"))
     for name in ("bind", "workers", "threads", "worker_class", "wsgi_app", "timeout", "on_starting",

@@ -1,0 +1,79 @@
+"""project/allocator.py: threads share two malloc arenas, counted by glibc's own malloc_info()."""
+
+from __future__ import annotations
+
+import ctypes
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+from tests.servers import ROOT
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(ctypes.CDLL(None), "malloc_info"), reason="malloc arenas are glibc's"
+)
+
+# Eight threads, alive together, each mallocs (64 KiB blocks: under the mmap threshold, so
+# from an arena); then malloc_info() describes every arena, one <heap> element each.
+ARENAS_OF_EIGHT_THREADS = """
+import ctypes, os, sys, tempfile, threading
+from project import allocator
+if sys.argv[1] == "limit":
+    assert allocator.limit_arenas(2)
+barrier = threading.Barrier(9)
+def work():
+    blocks = [bytes(65536) for _ in range(16)]
+    barrier.wait()
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+barrier.wait()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+path = tempfile.NamedTemporaryFile(delete=False).name
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+barrier.wait()
+print(open(path).read().count("<heap nr="))
+os.unlink(path)
+"""
+
+
+def arenas(mode: str, **env: str) -> int:
+    run = subprocess.run(
+        [sys.executable, "-c", ARENAS_OF_EIGHT_THREADS, mode],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    return int(run.stdout)
+
+
+def test_threads_get_arenas_of_their_own_by_default():
+    assert arenas("default") > 4
+
+
+def test_limited_they_share_two():
+    assert arenas("limit") <= 2
+
+
+def test_the_sites_gunicorn_settings_limit_the_master_before_it_forks(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the settings set it; put back after
+    calls = []
+    monkeypatch.setattr("project.allocator.limit_arenas", calls.append)
+    runpy.run_path(str(ROOT / "project" / "gunicorn.conf.py"))
+    assert calls == [2]
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # glibc's own variable: it has read it already
+    runpy.run_path(str(ROOT / "project" / "gunicorn.conf.py"))
+    assert calls == [2]
