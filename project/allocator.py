@@ -8,16 +8,27 @@ soak's mixed load (docs/soak.md) the WSGI workers' malloc held 18 MB in use thro
 while the freed memory it kept went from 5 to 10 MB in ten minutes. With two arenas
 shared by every thread, one thread's freed memory serves the next.
 
-It must be set before the process starts threads, and forked workers inherit it, so
-gunicorn's settings call limit_arenas() in the master. This is what MALLOC_ARENA_MAX=2
-in the environment does, from Python.
+It must be set before the process starts its threads, and forked workers inherit it:
+gunicorn's settings call share_arenas() in the master, the task worker when it starts.
+It does what MALLOC_ARENA_MAX=2 in the environment does; when that variable (glibc's
+own) is set, glibc has read it and this leaves it be.
 """
 
 from __future__ import annotations
 
 import ctypes
 
+from project import environment as env
+
+ARENAS = 2
 M_ARENA_MAX = -8  # malloc.h
+
+
+def share_arenas() -> bool:
+    """ARENAS arenas for this process, unless MALLOC_ARENA_MAX says otherwise; False if not set here."""
+    if env.string("MALLOC_ARENA_MAX"):
+        return False
+    return limit_arenas(ARENAS)
 
 
 def limit_arenas(count: int) -> bool:

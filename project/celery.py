@@ -8,7 +8,8 @@ this module creates the app and connects to nothing; the receivers below act onl
 in a worker:
 
 * at start, the embedded PostgreSQL must be running when DATABASE_URL is unset (as
-  for gunicorn), and the filesystem broker's folders are made;
+  for gunicorn), the filesystem broker's folders are made, and the threads are given
+  two malloc arenas to share (project/allocator.py, as gunicorn's workers are);
 * around each task, its use of database connections is summed up as a request's is
   (apps/metrics): a task is a worker's request. Celery's Django fix-up closes the
   task's connections after it, which on the release engines has nothing left to do,
@@ -37,8 +38,12 @@ app.autodiscover_tasks()
 
 
 @signals.worker_init.connect
-def check_broker_and_database(**kwargs) -> None:
+def prepare_worker(**kwargs) -> None:
     from django.conf import settings
+
+    from project import allocator
+
+    allocator.share_arenas()  # before the pool's threads start
 
     if not os.environ.get("DATABASE_URL"):
         # The embedded PostgreSQL is for local use; the worker does not start it (`make worker` does).

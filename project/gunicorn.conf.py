@@ -43,10 +43,8 @@ graceful_timeout = 10
 accesslog = "-" if env.boolean("GUNICORN_ACCESS_LOG") else None
 chdir = str(BASE_DIR)
 
-# Set in the master, before any thread, for the workers it forks. Given in the environment,
-# glibc has read it already.
-if not env.string("MALLOC_ARENA_MAX"):
-    allocator.limit_arenas(2)
+# In the master, before any thread, for the workers it forks.
+allocator.share_arenas()
 
 # One folder per address, so a release and a baseline site started from the same
 # checkout keep their numbers apart. Set here, in the master, before prometheus_client

@@ -69,6 +69,7 @@ def test_limited_they_share_two():
 
 def test_the_sites_gunicorn_settings_limit_the_master_before_it_forks(monkeypatch, tmp_path):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the settings set it; put back after
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     calls = []
     monkeypatch.setattr("project.allocator.limit_arenas", calls.append)
     runpy.run_path(str(ROOT / "project" / "gunicorn.conf.py"))
