@@ -602,7 +602,7 @@ def build_report(args, series: Series, faults: Faults, logs: dict, failed: dict,
     found = verdicts(series, duration, args.pool_size, errors)
     return {
         "command": "python -m loadtests.soak " + " ".join(args.argv),
-        "machine": machine(),
+        "machine": args.machine,
         "engine": args.engine,
         "pool": args.pool,
         "minutes": args.minutes,
@@ -715,6 +715,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="default reports/soak/<engine>-<pool>/")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
+    args.machine = machine()  # as the run starts: the commit may move on while it runs
     args.out = args.out or BASE_DIR / "reports" / "soak" / f"{args.engine}-{args.pool}"
     return args
 
