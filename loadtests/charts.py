@@ -189,7 +189,9 @@ def latency(results: dict, out: Path) -> str:
     return save(fig, out, "latency.png")
 
 
-def soak_chart(samples: dict, lines: list[tuple[str, str, str]], faults: list[dict], out: Path) -> str:
+def soak_chart(
+    samples: dict, lines: list[tuple[str, str, str]], faults: list[dict], out: Path, log_scale=frozenset()
+) -> str:
     """A soak's lines over time, one panel each, one curve per subject; kills dotted, the restart dashed."""
     import logging
 
@@ -209,6 +211,8 @@ def soak_chart(samples: dict, lines: list[tuple[str, str, str]], faults: list[di
                        linestyle="--" if restart else ":", linewidth=1)  # fmt: skip
         ax.set_title(title, fontsize=9)
         ax.set_ylabel(unit, fontsize=8)
+        if key in log_scale and samples.get(key):
+            ax.set_yscale("log")
         ax.tick_params(labelsize=7)
         if len(samples.get(key, {})) > 1:
             ax.legend(fontsize=6, loc="upper left", ncols=4)

@@ -39,6 +39,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from apps.metrics.prediction import since
 from loadtests import heap, measure
 from loadtests.faults import ENGINES, DedicatedServer, manage, run_locust, say, terminate_backends
 from loadtests.machine import machine
@@ -53,10 +54,13 @@ LINES = [
     ("server_connections", "server connections (pg_stat_activity, the shop's database)", "connections"),
     ("checked_out", "connections checked out (db_connections_checked_out)", "connections"),
     ("hold_p95_ms", "hold per checkout, p95 over the interval", "ms"),
+    ("view_hold_ms", "connection held per request, by view, mean over the interval (log scale)", "ms"),
     ("wait_p95_ms", "wait for the pool, p95 over the interval", "ms"),
     ("errors_5xx", "5xx answered so far (Locust)", "responses"),
 ]
 MEMORY_GROWTH_LIMIT = 0.05
+# Lines whose subjects differ by orders of magnitude (an export holds for seconds, a page for ms).
+LOG_SCALE = {"view_hold_ms"}
 # The sites' gunicorn settings: the project's, with each worker reporting its heap (loadtests/heap.py).
 HEAP_CONFIG = BASE_DIR / "loadtests" / "gunicorn_heap.conf.py"
 # Memory is measured from here on: the first minutes are the workers warming up.
@@ -166,6 +170,7 @@ class Watched:
     def __init__(self, name: str, site: Site, log: RequestLog, heap_dir: Path) -> None:
         self.name, self.site, self.log, self.heap_dir = name, site, log, heap_dir
         self.last_scrape: measure.Scrape | None = None
+        self.last_views: dict = {}
         self.locust: subprocess.Popen | None = None
 
     def sample(self, t: float, series: Series) -> None:
@@ -189,7 +194,11 @@ class Watched:
                 series.add(
                     "wait_p95_ms", self.name, t, ms(window.quantile("db_connection_wait_seconds", 0.95))
                 )
-            self.last_scrape = scrape
+            views = scrape.views()
+            for view, totals in since(views, self.last_views).items():
+                if totals.requests and self.last_views:
+                    series.add("view_hold_ms", f"{self.name} {view}", t, 1000 * totals.hold / totals.requests)
+            self.last_scrape, self.last_views = scrape, views
         self.log.read_new()
         series.add("errors_5xx", self.name, t, self.log.errors_5xx())
 
@@ -332,7 +341,7 @@ def verdicts(series: dict, duration: float, pool_size: int, errors: dict) -> lis
     for line in ("fds", "server_connections"):
         found += level_verdicts(line, under_load(series.get(line, {}), duration), pool_size)
     found += idle_verdicts(series.get("checked_out", {}))
-    for line in ("hold_p95_ms", "wait_p95_ms"):
+    for line in ("hold_p95_ms", "wait_p95_ms", "view_hold_ms"):
         found += figure_verdicts(line, series.get(line, {}))
     answered, logged = errors["500"]["count"], errors["500"]["logged"]
     causes = "; ".join(f"{e['site']} {e['path'] or e['cause']}: {e['error']}" for e in logged[:3])
@@ -687,7 +696,7 @@ def write_report(report: dict, out: Path) -> Path:
     from loadtests.charts import soak_chart
 
     out.mkdir(parents=True, exist_ok=True)
-    chart = soak_chart(report["samples"], LINES, report["faults"], out)
+    chart = soak_chart(report["samples"], LINES, report["faults"], out, log_scale=LOG_SCALE)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(markdown(report, chart))
     return out / "report.md"

@@ -170,6 +170,8 @@ def test_the_report_is_written_with_its_table_and_chart(tmp_path):
         series.add("server_connections", "shop", t, 8)
         series.add("checked_out", "wsgi", t, 0 if t == 35 else 3)
         series.add("hold_p95_ms", "wsgi", t, None)  # no checkout in the interval: no point
+        series.add("view_hold_ms", "wsgi orders:export-csv", t, 2000 + t)  # seconds beside ms: log scale
+        series.add("view_hold_ms", "wsgi catalog:product-list", t, 2)
         series.add("errors_5xx", "wsgi", t, 0)
     args = soak.parse_args(["--minutes", "0.5", "--out", str(tmp_path)])
     faults = soak.Faults([{"kind": "kill", "t": 10, "at": 0.0, "terminated": 8}])
@@ -180,6 +182,7 @@ def test_the_report_is_written_with_its_table_and_chart(tmp_path):
     text = path.read_text()
     assert "| server_connections | shop | 8 | 8 | +0 | end within ± 4 of the start | pass |" in text
     assert "10 s kill (8)" in text and "![" in text
+    assert "| view_hold_ms | wsgi catalog:product-list | 2 | 2 |" in text
     assert (tmp_path / "soak.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "report.json").read_text())["machine"]["commit"]
 
