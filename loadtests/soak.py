@@ -49,6 +49,7 @@ from loadtests.site import BASE_DIR, Site, SiteConfig
 # The lines a soak samples, in the order of the chart's panels: (key, title, unit).
 LINES = [
     ("rss_mb", "RSS of each worker", "MB"),
+    ("rss_file_mb", "of it, pages of files: code, the metrics' mmap'd files (psutil's shared)", "MB"),
     *heap.LINES,
     ("fds", "open file descriptors of each worker", "descriptors"),
     ("server_connections", "server connections (pg_stat_activity, the shop's database)", "connections"),
@@ -149,8 +150,8 @@ class RequestLog:
         return sum(1 for row in self.failed if row[2] >= 500)
 
 
-def worker_readings(master_pid: int) -> dict[int, tuple[float, int]]:
-    """pid -> (RSS in MB, open descriptors) of each gunicorn worker: the master's children."""
+def worker_readings(master_pid: int) -> dict[int, tuple[float, float, int]]:
+    """pid -> (RSS, of it backed by files, in MB; open descriptors) of each gunicorn worker."""
     readings = {}
     try:
         workers = psutil.Process(master_pid).children()
@@ -158,7 +159,8 @@ def worker_readings(master_pid: int) -> dict[int, tuple[float, int]]:
         return readings
     for worker in workers:
         try:
-            readings[worker.pid] = (worker.memory_info().rss / 2**20, worker.num_fds())
+            memory = worker.memory_info()
+            readings[worker.pid] = (memory.rss / 2**20, memory.shared / 2**20, worker.num_fds())
         except psutil.Error:  # exited between the listing and the reading
             continue
     return readings
@@ -175,8 +177,9 @@ class Watched:
 
     def sample(self, t: float, series: Series) -> None:
         reports = heap.read_reports(self.heap_dir)
-        for pid, (rss, fds) in worker_readings(self.site.process.pid).items():
+        for pid, (rss, rss_file, fds) in worker_readings(self.site.process.pid).items():
             series.add("rss_mb", f"{self.name}/{pid}", t, rss)
+            series.add("rss_file_mb", f"{self.name}/{pid}", t, rss_file)
             series.add("fds", f"{self.name}/{pid}", t, fds)
             for line, value in reports.get(pid, {}).items():
                 series.add(line, f"{self.name}/{pid}", t, value)
@@ -336,7 +339,7 @@ def under_load(by_subject: dict[str, list], duration: float) -> dict[str, list]:
 
 def verdicts(series: dict, duration: float, pool_size: int, errors: dict) -> list[Verdict]:
     found = memory_verdicts(series.get("rss_mb", {}), duration)
-    for line, _, _ in heap.LINES:
+    for line in ["rss_file_mb", *(key for key, _, _ in heap.LINES)]:
         found += memory_verdicts(series.get(line, {}), duration, line, judged=False)
     for line in ("fds", "server_connections"):
         found += level_verdicts(line, under_load(series.get(line, {}), duration), pool_size)
