@@ -5,8 +5,8 @@ worker's threads each fill theirs to the most they ever held at once, and malloc
 that memory when it is freed, for the same thread to reuse: a worker's resident memory
 creeps up for as long as some thread meets a new high, with nothing leaking. Under the
 soak's mixed load (docs/soak.md) the WSGI workers' malloc held 18 MB in use throughout
-while the freed memory it kept went from 5 to 10 MB in ten minutes. With two arenas
-shared by every thread, one thread's freed memory serves the next.
+while the freed memory it kept went from 5 to 11 MB in fifteen minutes; with two arenas
+shared by every thread, 2 to 3.5 MB, as one thread's freed memory serves the next.
 
 It must be set before the process starts its threads, and forked workers inherit it:
 gunicorn's settings call share_arenas() in the master, the task worker when it starts.
