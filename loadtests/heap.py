@@ -12,7 +12,7 @@ RSS alone cannot say why a process grew. Three figures can:
 
 A worker started with loadtests/gunicorn_heap.conf.py writes them to HEAP_REPORT_DIR
 every HEAP_REPORT_SECONDS (default 5), as <pid>.json; the soak reads them beside RSS.
-Outside glibc (musl, macOS) the two malloc figures are missing.
+Without glibc 2.33 or later (musl, macOS, older distributions) the two malloc figures are missing.
 """
 
 from __future__ import annotations
@@ -67,19 +67,28 @@ def figures() -> dict[str, float]:
 
 
 class Reporter(threading.Thread):
-    """Writes this process's figures to `directory`/<pid>.json every `every` seconds (atomically)."""
+    """Writes this process's figures to `directory`/<pid>.json every `every` seconds, until stopped."""
 
     def __init__(self, directory: Path, every: float) -> None:
         super().__init__(name="heap-reporter", daemon=True)
         self.directory, self.every = directory, every
+        self.stopping = threading.Event()
 
     def run(self) -> None:
         path = self.directory / f"{os.getpid()}.json"
         partial = path.with_suffix(".partial")
         while True:
-            partial.write_text(json.dumps(figures()))
-            os.replace(partial, path)  # a reader never sees half a file
-            threading.Event().wait(self.every)
+            try:
+                partial.write_text(json.dumps(figures()))
+                os.replace(partial, path)  # a reader never sees half a file
+            except OSError:  # the folder is gone (the soak has ended) or full: try again next time
+                pass
+            if self.stopping.wait(self.every):
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
 
 
 def start_reporting() -> Reporter | None:

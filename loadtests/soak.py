@@ -49,7 +49,7 @@ from loadtests.site import BASE_DIR, Site, SiteConfig
 # The lines a soak samples, in the order of the chart's panels: (key, title, unit).
 LINES = [
     ("rss_mb", "RSS of each worker", "MB"),
-    ("rss_file_mb", "of it, pages of files: code, the metrics' mmap'd files (psutil's shared)", "MB"),
+    ("rss_file_mb", "of it, file-backed and shared pages: code, the metrics' mmap'd files", "MB"),
     *heap.LINES,
     ("fds", "open file descriptors of each worker", "descriptors"),
     ("server_connections", "server connections (pg_stat_activity, the shop's database)", "connections"),

@@ -46,6 +46,7 @@ def test_a_reporter_writes_its_figures_and_the_soak_reads_them(tmp_path, monkeyp
         if path.exists():
             break
         reporter.join(0.05)
+    reporter.stop()
     (tmp_path / "heap" / "notes.json").write_text("not a worker's")
     (tmp_path / "heap" / "7.json").write_text("{half a fi")
 
