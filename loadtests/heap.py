@@ -9,10 +9,18 @@ RSS alone cannot say why a process grew. Three figures can:
                       Python's blocks flat: a leak in a C extension (libpq, psycopg).
     malloc_free_mb    freed memory malloc keeps for reuse (fordblks). Growing while the
                       two above stay flat: the allocator's high-water mark, not a leak.
+    python_arenas_mb  the 1 MiB arenas Python's own allocator holds for small objects (from
+                      _PyObject_DebugMallocStats, what sys._debugmallocstats() prints). An
+                      arena goes back only once every object in it is freed: growing while
+                      Python's blocks stay flat, the blocks are spread over more arenas.
+    stacks_mb         the threads' stacks, resident part (/proc/self/task/*/syscall gives each
+                      blocked thread's stack pointer, /proc/self/smaps its mapping's RSS). A
+                      stack keeps the pages its deepest call touched.
 
 A worker started with loadtests/gunicorn_heap.conf.py writes them to HEAP_REPORT_DIR
 every HEAP_REPORT_SECONDS (default 5), as <pid>.json; the soak reads them beside RSS.
-Without glibc 2.33 or later (musl, macOS, older distributions) the two malloc figures are missing.
+Without glibc 2.33 or later (musl, macOS, older distributions) the two malloc figures are missing;
+without Linux's /proc, the stacks; with PYTHONMALLOC=malloc, Python's arenas.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -28,6 +37,8 @@ LINES = [
     ("python_blocks_k", "Python's allocated blocks, each worker (sys.getallocatedblocks)", "thousands"),
     ("malloc_in_use_mb", "malloc'd and not freed, each worker (mallinfo2)", "MB"),
     ("malloc_free_mb", "freed memory malloc keeps for reuse, each worker (mallinfo2)", "MB"),
+    ("python_arenas_mb", "Python's object arenas, each worker (sys._debugmallocstats)", "MB"),
+    ("stacks_mb", "threads' stacks, resident, each worker (/proc/self/smaps)", "MB"),
 ]
 
 
@@ -56,13 +67,116 @@ def _mallinfo2():
 _MALLINFO2 = _mallinfo2()
 
 
-def figures() -> dict[str, float]:
-    """This process's figures now (see the module's docstring)."""
+class _MallocStats:
+    """CPython's _PyObject_DebugMallocStats(FILE *), written into memory with glibc's open_memstream().
+
+    The one private interface this module touches (tests/test_heap.py checks it still answers):
+    sys._debugmallocstats() prints the same report, but to the C stderr, where a worker's log is.
+    """
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None)
+        self.open_memstream, self.fclose, self.free = libc.open_memstream, libc.fclose, libc.free
+        self.open_memstream.restype = ctypes.c_void_p
+        self.open_memstream.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self.fclose.argtypes = self.free.argtypes = [ctypes.c_void_p]
+        self.report = ctypes.pythonapi._PyObject_DebugMallocStats
+        self.report.argtypes, self.report.restype = [ctypes.c_void_p], ctypes.c_int
+
+    def __call__(self) -> str:
+        buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
+        stream = self.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
+        if not stream:
+            return ""
+        try:
+            self.report(stream)
+        finally:
+            self.fclose(stream)  # sets buffer and size
+        try:
+            return ctypes.string_at(buffer.value, size.value).decode()
+        finally:
+            self.free(buffer)
+
+
+def _malloc_stats():
+    try:
+        return _MallocStats()
+    except (OSError, AttributeError):  # not glibc, or a Python without the function
+        return None
+
+
+_MALLOC_STATS = _malloc_stats()
+# "42 arenas * 1048576 bytes/arena = 44,040,192": the arenas Python's allocator holds now.
+_ARENAS = re.compile(r"^\d+ arenas \* \d+ bytes/arena\s*=\s*([\d,]+)\s*$", re.MULTILINE)
+
+
+def python_arenas_bytes() -> int | None:
+    """Bytes in the arenas of Python's small-object allocator; None without pymalloc or the function."""
+    if _MALLOC_STATS is None:
+        return None
+    found = _ARENAS.search(_MALLOC_STATS())
+    return int(found.group(1).replace(",", "")) if found else None
+
+
+def _stack_pointers() -> set[int]:
+    """The stack pointer of every thread of this process blocked in (or between) system calls."""
+    pointers = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{task}/syscall").read_text().split()
+        except OSError:  # the thread has ended
+            continue
+        # "nr arg1 .. arg6 sp pc" in a system call, "-1 sp pc" outside one, "running" on a CPU.
+        if len(fields) >= 3:
+            pointers.add(int(fields[-2], 16))
+    return pointers
+
+
+def _mappings() -> list[tuple[int, int, int]]:
+    """(start, end, resident bytes) of every mapping of this process, from /proc/self/smaps."""
+    mappings, current = [], None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if line.startswith("Rss:") and current is not None:
+                mappings.append((*current, int(line.split()[1]) * 1024))
+                current = None
+            elif not line[0].isupper():  # a mapping's header: "start-end perms offset dev inode path"
+                start, end = line.split(None, 1)[0].split("-")
+                current = (int(start, 16), int(end, 16))
+    return mappings
+
+
+class Stacks:
+    """The resident part of this process's thread stacks.
+
+    A stack is found by a stack pointer inside it; a thread busy on a CPU when one reading is
+    taken has none, so every stack found stays known until its mapping goes.
+    """
+
+    def __init__(self) -> None:
+        self.known: set[int] = set()  # the start of each stack's mapping
+
+    def resident_bytes(self) -> int:
+        mappings = _mappings()
+        pointers = _stack_pointers()
+        found = {start for start, end, _ in mappings if any(start <= sp < end for sp in pointers)}
+        starts = {start for start, _, _ in mappings}
+        self.known = (self.known | found) & starts
+        return sum(rss for start, _, rss in mappings if start in self.known)
+
+
+def figures(stacks: Stacks | None = None) -> dict[str, float]:
+    """This process's figures now (see the module's docstring); `stacks` remembers the stacks found."""
     found = {"python_blocks_k": sys.getallocatedblocks() / 1000}
     if _MALLINFO2 is not None:
         info = _MALLINFO2()
         found["malloc_in_use_mb"] = (info.uordblks + info.hblkhd) / 2**20
         found["malloc_free_mb"] = info.fordblks / 2**20
+    arenas = python_arenas_bytes()
+    if arenas is not None:
+        found["python_arenas_mb"] = arenas / 2**20
+    if stacks is not None and Path("/proc/self/task").is_dir():
+        found["stacks_mb"] = stacks.resident_bytes() / 2**20
     return found
 
 
@@ -77,9 +191,10 @@ class Reporter(threading.Thread):
     def run(self) -> None:
         path = self.directory / f"{os.getpid()}.json"
         partial = path.with_suffix(".partial")
+        stacks = Stacks()
         while True:
             try:
-                partial.write_text(json.dumps(figures()))
+                partial.write_text(json.dumps(figures(stacks)))
                 os.replace(partial, path)  # a reader never sees half a file
             except OSError:  # the folder is gone (the soak has ended) or full: try again next time
                 pass

@@ -8,10 +8,10 @@ the shop under gunicorn's threads (WSGI) with Locust's MixedUser, and under uvic
 workers (ASGI) with its AsyncUser. Every --kill-every-seconds every server session of
 the shop's database is terminated; once, around the middle, PostgreSQL stops for
 --restart-seconds and starts again. Every --sample-seconds it records each worker's
-RSS and open file descriptors, what that memory is made of (Python's blocks, malloc's
-in use and free: loadtests/heap.py), the server's connections (pg_stat_activity), each
-site's checked-out connections, hold and wait p95 over the interval (/metrics) and
-the 5xx answered so far.
+RSS and open file descriptors, what that memory is made of (Python's blocks and arenas,
+malloc's in use and free, the threads' stacks: loadtests/heap.py), the server's
+connections (pg_stat_activity), each site's checked-out connections, hold and wait
+p95 over the interval (/metrics) and the 5xx answered so far.
 
 The report (report.json, report.md, soak.png) goes to reports/soak/<engine>-<pool>/,
 with a verdict per line: memory growth from minute 5 to the end under 5%, descriptors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import threading
 
 import pytest
 
@@ -34,6 +35,45 @@ def test_python_blocks_count_objects_held():
     objects = [object() for _ in range(50_000)]
     assert heap.figures()["python_blocks_k"] - before == pytest.approx(50, rel=0.2)
     del objects
+
+
+@pytest.mark.skipif(heap._MALLOC_STATS is None, reason="needs glibc and CPython's small-object allocator")
+def test_python_arenas_follow_small_objects_held_and_freed():
+    before = heap.python_arenas_bytes()
+    # 200,000 small objects: about 10 MiB of Python's own arenas, which go back once all are freed.
+    objects = [[] for _ in range(200_000)]
+    held = heap.python_arenas_bytes()
+    del objects
+    after = heap.python_arenas_bytes()
+
+    assert before % 2**20 == 0 and before >= 2**20  # whole arenas of 1 MiB
+    assert held - before >= 8 * 2**20
+    assert after < held - 6 * 2**20
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's /proc")
+def test_stacks_find_every_blocked_thread_and_what_it_touched():
+    stacks = heap.Stacks()
+    release, ready = threading.Event(), threading.Barrier(5)
+
+    def waits() -> None:
+        ready.wait()
+        release.wait()
+
+    alone = stacks.resident_bytes()
+    threads = [threading.Thread(target=waits) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    with_four = stacks.resident_bytes()
+    release.set()
+    for thread in threads:
+        thread.join()
+
+    # Each new thread's stack is its own mapping with at least the page it is blocked on.
+    assert with_four - alone >= 4 * 4096
+    assert len(stacks.known) >= 4
+    assert heap.figures(stacks)["stacks_mb"] >= 0
 
 
 def test_a_reporter_writes_its_figures_and_the_soak_reads_them(tmp_path, monkeypatch):
