@@ -6,12 +6,14 @@
 Two sites on a PostgreSQL of the run's own (an embedded server in a temporary folder):
 the shop under gunicorn's threads (WSGI) with Locust's MixedUser, and under uvicorn
 workers (ASGI) with its AsyncUser. Every --kill-every-seconds every server session of
-the shop's database is terminated; once, around the middle, PostgreSQL stops for
---restart-seconds and starts again. Every --sample-seconds it records each worker's
-RSS and open file descriptors, what that memory is made of (Python's blocks and arenas,
-malloc's in use and free, the threads' stacks: loadtests/heap.py), the server's
-connections (pg_stat_activity), each site's checked-out connections, hold and wait
-p95 over the interval (/metrics) and the 5xx answered so far.
+the shop's database is terminated; twice, PostgreSQL stops for --restart-seconds and
+starts again: once while the workers warm up, so that memory is measured from after
+every fault has been met once, and once in the middle of what is measured. Every
+--sample-seconds it records each worker's RSS and open file descriptors, what that
+memory is made of (Python's blocks and arenas, malloc's in use and free, the threads'
+stacks: loadtests/heap.py), the server's connections (pg_stat_activity), each site's
+checked-out connections, hold and wait p95 over the interval (/metrics) and the 5xx
+answered so far.
 
 The report (report.json, report.md, soak.png) goes to reports/soak/<engine>-<pool>/,
 with a verdict per line: memory growth from minute 5 to the end under 5%, descriptors
@@ -459,7 +461,7 @@ class Plan:
 
     duration: float
     kill_every: float
-    restart_at: float | None
+    restarts: list[float]
     restart_seconds: float
 
     def events(self) -> list[tuple[float, str]]:
@@ -469,10 +471,8 @@ class Plan:
             while n * self.kill_every < self.duration:
                 kills.append((n * self.kill_every, "kill"))
                 n += 1
-        restart = (
-            [(self.restart_at, "restart")] if self.restart_at is not None and self.restart_seconds else []
-        )
-        return sorted(kills + restart)
+        restarts = [(t, "restart") for t in self.restarts] if self.restart_seconds else []
+        return sorted(kills + restarts)
 
 
 @dataclass
@@ -521,7 +521,7 @@ def run_load(args, server: DedicatedServer, sites: list[Watched], started: float
     monitor = Monitor(server)
     sampler = Sampler(sites, monitor, args.sample_seconds, started)
     faults = Faults()
-    plan = Plan(duration, args.kill_every_seconds, restart_at(args, duration), args.restart_seconds)
+    plan = Plan(duration, args.kill_every_seconds, restarts(args, duration), args.restart_seconds)
     sampler.start()
     every = min(60.0, max(args.sample_seconds, duration / 6))
     next_progress = every
@@ -542,10 +542,19 @@ def run_load(args, server: DedicatedServer, sites: list[Watched], started: float
     return sampler.series, faults
 
 
-def restart_at(args, duration: float) -> float | None:
+def restarts(args, duration: float) -> list[float]:
+    """When PostgreSQL stops: as asked, or once in the warm-up and once in the middle of the rest.
+
+    A worker's first restart leaves it holding the most memory that answering one takes (freed
+    memory its allocators keep); met in the warm-up, that is not counted as growth, and the
+    second restart shows whether another one adds to it.
+    """
     if not args.restart_seconds:
-        return None
-    return duration / 2 if args.restart_at_seconds is None else args.restart_at_seconds
+        return []
+    if args.restart_at_seconds is not None:
+        return sorted(args.restart_at_seconds)
+    measured_from, _ = memory_from(duration)
+    return [0.6 * measured_from, (measured_from + duration) / 2]
 
 
 def prepare_database(server: DedicatedServer, secret: str) -> None:
@@ -715,8 +724,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kill-every-seconds", type=float, default=240,
                         help="terminate every server session this often (default 240; 0: never)")  # fmt: skip
     parser.add_argument("--restart-seconds", type=float, default=5,
-                        help="PostgreSQL stopped this long once (default 5; 0: no restart)")  # fmt: skip
-    parser.add_argument("--restart-at-seconds", type=float, help="when it stops (default: the middle)")
+                        help="PostgreSQL stopped this long each time (default 5; 0: no restart)")  # fmt: skip
+    parser.add_argument("--restart-at-seconds", type=float, nargs="+", metavar="SECONDS",
+                        help="when it stops (default: at minute 3, in the warm-up, and halfway "
+                             "through the rest)")  # fmt: skip
     parser.add_argument("--wsgi-users", type=int, default=32, help="MixedUser on the WSGI site (default 32)")
     parser.add_argument("--asgi-users", type=int, default=64, help="AsyncUser on the ASGI site (default 64)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per site (default 2)")

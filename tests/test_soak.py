@@ -154,12 +154,24 @@ def test_the_request_log_is_read_as_it_grows_a_partial_line_waiting(tmp_path):
     assert [row[2] for row in log.failed] == [503, 500, 0]
 
 
-def test_the_faults_come_every_few_minutes_and_the_restart_once():
-    plan = soak.Plan(duration=1800, kill_every=240, restart_at=900, restart_seconds=5)
+def test_the_faults_come_every_few_minutes_and_the_restarts_as_planned():
+    plan = soak.Plan(duration=1800, kill_every=240, restarts=[180, 1050], restart_seconds=5)
     events = plan.events()
     assert [t for t, kind in events if kind == "kill"] == [240 * n for n in range(1, 8)]
-    assert [t for t, kind in events if kind == "restart"] == [900]
-    assert soak.Plan(60, 0, None, 0).events() == []
+    assert [t for t, kind in events if kind == "restart"] == [180, 1050]
+    assert events[0] == (180, "restart")
+    assert soak.Plan(60, 0, [30], 0).events() == []
+
+
+def test_one_restart_comes_in_the_warm_up_and_one_in_the_middle_of_what_is_measured():
+    (first, second) = soak.restarts(soak.parse_args([]), 1800)
+    assert first < soak.WARM_UP_SECONDS < second
+    assert second == (soak.WARM_UP_SECONDS + 1800) / 2
+    # Under 10 minutes memory is measured from the middle: the first restart comes before it.
+    (first, second) = soak.restarts(soak.parse_args(["--minutes", "4"]), 240)
+    assert first < 120 < second < 240
+    assert soak.restarts(soak.parse_args(["--restart-at-seconds", "20", "10"]), 60) == [10, 20]
+    assert soak.restarts(soak.parse_args(["--restart-seconds", "0"]), 1800) == []
 
 
 def test_the_report_is_written_with_its_table_and_chart(tmp_path):
