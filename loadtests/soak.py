@@ -118,6 +118,18 @@ class Monitor:
     def terminate_all(self) -> int | None:
         return self.run(terminate_backends)
 
+    def delete_orders(self, after_id: int, older_than_seconds: float) -> int | None:
+        """Delete the orders after `after_id` placed more than `older_than_seconds` ago; how many."""
+        sql = (
+            "WITH old AS (SELECT id FROM orders_order WHERE id > %(after)s "
+            "             AND created_at < now() - make_interval(secs => %(age)s)), "
+            "lines AS (DELETE FROM orders_orderline WHERE order_id IN (SELECT id FROM old)), "
+            "confirmations AS (DELETE FROM orders_confirmation WHERE order_id IN (SELECT id FROM old)) "
+            "DELETE FROM orders_order WHERE id IN (SELECT id FROM old)"
+        )
+        params = {"after": after_id, "age": older_than_seconds}
+        return self.run(lambda conn: conn.execute(sql, params).rowcount)
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
@@ -499,6 +511,24 @@ class Faults:
         say(f"  PostgreSQL back after {back - at:.1f} s")
 
 
+@dataclass
+class OrderTrim:
+    """Keeps the shop's data the same size: the orders the run placed go once `keep_seconds` old.
+
+    Every order placed would otherwise stay, and the views that read them all (the sales
+    report, the export) would read more each minute: their holds, and the CPU PostgreSQL takes
+    from everything else, would grow with the data instead of showing the engine.
+    """
+
+    after_id: int  # the last order seeded: those stay
+    keep_seconds: float
+    deleted: int = 0
+
+    def __call__(self, monitor: Monitor) -> None:
+        if self.keep_seconds > 0:
+            self.deleted += monitor.delete_orders(self.after_id, self.keep_seconds) or 0
+
+
 def wait_until(started: float, t: float) -> None:
     time.sleep(max(0.0, started + t - time.monotonic()))
 
@@ -515,8 +545,10 @@ def progress(series: Series, t: float, duration: float) -> str:
     )
 
 
-def run_load(args, server: DedicatedServer, sites: list[Watched], started: float) -> tuple[Series, Faults]:
-    """The soak itself: Locust on both sites, the sampler, the faults on schedule."""
+def run_load(
+    args, server: DedicatedServer, sites: list[Watched], started: float, trim: OrderTrim
+) -> tuple[Series, Faults]:
+    """The soak itself: Locust on both sites, the sampler, the faults on schedule, old orders trimmed."""
     duration = args.minutes * 60
     monitor = Monitor(server)
     sampler = Sampler(sites, monitor, args.sample_seconds, started)
@@ -528,6 +560,7 @@ def run_load(args, server: DedicatedServer, sites: list[Watched], started: float
     for t, kind in [*plan.events(), (duration, "end")]:
         while next_progress < t:
             wait_until(started, next_progress)
+            trim(monitor)
             say(progress(sampler.series, next_progress, duration))
             next_progress += every
         wait_until(started, t)
@@ -557,7 +590,8 @@ def restarts(args, duration: float) -> list[float]:
     return [0.6 * measured_from, (measured_from + duration) / 2]
 
 
-def prepare_database(server: DedicatedServer, secret: str) -> None:
+def prepare_database(server: DedicatedServer, secret: str) -> int:
+    """Migrate and seed the run's database; the id of the last order seeded."""
     env = {**os.environ, "DATABASE_URL": server.url(), "DJANGO_SETTINGS_MODULE": "project.settings",
            "DJANGO_SECRET_KEY": secret}  # fmt: skip
     manage(env, "migrate", "--verbosity", "0")
@@ -565,6 +599,7 @@ def prepare_database(server: DedicatedServer, secret: str) -> None:
     # Orders take stock: enough for the whole run, so that none is refused for want of it.
     with server.connect() as conn:
         conn.execute("UPDATE catalog_product SET stock = 1000000")
+        return conn.execute("SELECT coalesce(max(id), 0) FROM orders_order").fetchone()[0]
 
 
 def soak(args, workdir: Path) -> dict:
@@ -574,7 +609,7 @@ def soak(args, workdir: Path) -> dict:
     try:
         secret = os.environ.get("DJANGO_SECRET_KEY") or "soak-" + "x" * 60
         say("migrating and seeding it")
-        prepare_database(server, secret)
+        trim = OrderTrim(prepare_database(server, secret), args.keep_orders_seconds)
         extra = {"DATABASE_URL": server.url(), "DJANGO_SECRET_KEY": secret,
                  "HEAP_REPORT_SECONDS": str(args.sample_seconds)}  # fmt: skip
         heap_dirs = {kind: workdir / f"heap-{kind}" for kind in ("wsgi", "asgi")}
@@ -604,7 +639,7 @@ def soak(args, workdir: Path) -> dict:
                 (sites[1], args.asgi_users, "AsyncUser"),
             ):
                 site.locust = run_locust(site.site.url, users, int(round(duration)), site.log.path, user)
-            series, faults = run_load(args, server, sites, started)
+            series, faults = run_load(args, server, sites, started, trim)
             # Read before the sites stop: gunicorn's own lines about stopping are not the run's errors.
             logs = {site.name: site.site.log() for site in sites}
         args.out.mkdir(parents=True, exist_ok=True)
@@ -614,10 +649,12 @@ def soak(args, workdir: Path) -> dict:
         requests = {site.name: site.log.requests for site in sites}
     finally:
         server.stop()
-    return build_report(args, series, faults, logs, failed, requests)
+    return build_report(args, series, faults, logs, failed, requests, trim.deleted)
 
 
-def build_report(args, series: Series, faults: Faults, logs: dict, failed: dict, requests: dict) -> dict:
+def build_report(
+    args, series: Series, faults: Faults, logs: dict, failed: dict, requests: dict, orders_deleted: int = 0
+) -> dict:
     duration = args.minutes * 60
     errors = error_summary(failed, logs, faults.done)
     found = verdicts(series, duration, args.pool_size, errors)
@@ -632,6 +669,8 @@ def build_report(args, series: Series, faults: Faults, logs: dict, failed: dict,
         "threads": args.threads,
         "users": {"wsgi (MixedUser)": args.wsgi_users, "asgi (AsyncUser)": args.asgi_users},
         "requests": requests,
+        "orders_kept_seconds": args.keep_orders_seconds,
+        "orders_deleted": orders_deleted,
         "faults": faults.done,
         "errors": errors,
         "verdicts": [asdict(v) for v in found],
@@ -673,6 +712,15 @@ def error_lines(errors: dict) -> list[str]:
     return lines
 
 
+def kept_orders(report: dict) -> str:
+    if not report["orders_kept_seconds"]:
+        return "Data: every order placed kept (it grows over the run)."
+    return (
+        f"Data: orders placed deleted every minute once {report['orders_kept_seconds']:g} s old, "
+        f"{report['orders_deleted']} in all."
+    )
+
+
 def markdown(report: dict, chart: str) -> str:
     m = report["machine"]
     faults = ", ".join(
@@ -690,6 +738,7 @@ def markdown(report: dict, chart: str) -> str:
         f"workers per site: {report['workers']}, pool {report['pool_size']} per worker; requests: "
         f"{', '.join(f'{site} {n}' for site, n in report['requests'].items())}.",
         f"Faults: {faults or 'none'}.",
+        kept_orders(report),
         "",
         f"**{'Every verdict passed.' if report['passed'] else 'Some verdicts FAILED.'}**",
         "",
@@ -734,6 +783,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=8, help="threads per WSGI worker (default 8)")
     parser.add_argument("--pool-size", type=int, default=4, help="connections per worker (default 4)")
     parser.add_argument("--external-latency-ms", type=int, default=50)
+    parser.add_argument("--keep-orders-seconds", type=float, default=120,
+                        help="orders the run placed are deleted once this old, every minute, so that "
+                             "the data stays the same size (default 120; 0: keep them all)")  # fmt: skip
     parser.add_argument("--port", type=int, default=8041, help="the WSGI site's; the ASGI site's is the next")
     parser.add_argument("--out", type=Path, help="default reports/soak/<engine>-<pool>/")
     args = parser.parse_args(argv)

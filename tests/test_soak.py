@@ -187,13 +187,14 @@ def test_the_report_is_written_with_its_table_and_chart(tmp_path):
         series.add("errors_5xx", "wsgi", t, 0)
     args = soak.parse_args(["--minutes", "0.5", "--out", str(tmp_path)])
     faults = soak.Faults([{"kind": "kill", "t": 10, "at": 0.0, "terminated": 8}])
-    report = soak.build_report(args, series, faults, {"wsgi": ""}, {"wsgi": []}, {"wsgi": 100})
+    report = soak.build_report(args, series, faults, {"wsgi": ""}, {"wsgi": []}, {"wsgi": 100}, 42)
 
     path = soak.write_report(report, tmp_path)
     assert report["passed"] and "hold_p95_ms" not in report["samples"]
     text = path.read_text()
     assert "| server_connections | shop | 8 | 8 | +0 | end within ± 4 of the start | pass |" in text
     assert "10 s kill (8)" in text and "![" in text
+    assert "Data: orders placed deleted every minute once 120 s old, 42 in all." in text
     assert "| view_hold_ms | wsgi catalog:product-list | 2 | 2 |" in text
     assert (tmp_path / "soak.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "report.json").read_text())["machine"]["commit"]
@@ -222,7 +223,7 @@ def test_a_short_soak_with_a_kill_and_a_restart_reports_every_line_and_no_500(tm
         [sys.executable, "-m", "loadtests.soak", "--minutes", "0.5", "--pool", POOL, "--out", str(out),
          "--sample-seconds", "2", "--kill-every-seconds", "8", "--restart-at-seconds", "12",
          "--restart-seconds", "3", "--wsgi-users", "8", "--asgi-users", "16", "--workers", "1",
-         "--port", str(two_free_ports())],
+         "--keep-orders-seconds", "3", "--port", str(two_free_ports())],
         cwd=ROOT, capture_output=True, text=True, timeout=150,
     )  # fmt: skip
     output = run.stdout + run.stderr
@@ -238,6 +239,7 @@ def test_a_short_soak_with_a_kill_and_a_restart_reports_every_line_and_no_500(tm
     assert report["errors"]["500"]["count"] == 0, report["errors"]["500"]
     assert report["errors"]["500"]["logged"] == []
     assert report["requests"]["wsgi"] > 100 and report["requests"]["asgi"] > 100
+    assert report["orders_deleted"] > 0  # the orders placed, once 3 s old
     assert (out / "report.md").read_text().startswith("# Soak: release on " + POOL)
     assert (out / "soak.png").exists()
     assert "minute 0." in output and "report:" in output
