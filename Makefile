@@ -51,7 +51,7 @@ faults: install
 	@$(BIN)/python -m loadtests.faults $(FAULTS_ARGS)
 
 ## Release under the mixed (WSGI) and async (ASGI) load for 30 minutes, every server session killed
-## every 4 minutes and PostgreSQL restarted once, on a PostgreSQL of its own: memory, descriptors,
+## every 4 minutes and PostgreSQL restarted twice, on a PostgreSQL of its own: memory, descriptors,
 ## connections, hold and wait sampled, with verdicts, in reports/soak/ (docs/soak.md). SOAK_ARGS: e.g.
 ## "--pool dj_db_conn_pool", "--engine baseline", "--minutes 0.5".
 .PHONY: soak

@@ -338,10 +338,12 @@ def idle_verdicts(by_subject: dict[str, list]) -> list[Verdict]:
     ]
 
 
-def figure_verdicts(line: str, by_subject: dict[str, list]) -> list[Verdict]:
-    """Start and end only, no rule: what the line did, to read on the chart."""
+def figure_verdicts(line: str, by_subject: dict[str, list], duration: float) -> list[Verdict]:
+    """From minute 5 (the pool full, the data at its size) to the end, no rule: to read on the chart."""
+    start_t, span = memory_from(duration)
+    rule = f"figures only, {span}"
     return [
-        Verdict(line, subject, median_of(points[:READINGS]), value_at_end(points), None, "figures only")
+        Verdict(line, subject, value_from(points, start_t), value_at_end(points), None, rule)
         for subject, points in sorted(by_subject.items())
     ]
 
@@ -359,7 +361,7 @@ def verdicts(series: dict, duration: float, pool_size: int, errors: dict) -> lis
         found += level_verdicts(line, under_load(series.get(line, {}), duration), pool_size)
     found += idle_verdicts(series.get("checked_out", {}))
     for line in ("hold_p95_ms", "wait_p95_ms", "view_hold_ms"):
-        found += figure_verdicts(line, series.get(line, {}))
+        found += figure_verdicts(line, series.get(line, {}), duration)
     answered, logged = errors["500"]["count"], errors["500"]["logged"]
     causes = "; ".join(f"{e['site']} {e['path'] or e['cause']}: {e['error']}" for e in logged[:3])
     rule = "none answered, no error logged"

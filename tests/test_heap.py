@@ -40,8 +40,9 @@ def test_python_blocks_count_objects_held():
 @pytest.mark.skipif(heap._MALLOC_STATS is None, reason="needs glibc and CPython's small-object allocator")
 def test_python_arenas_follow_small_objects_held_and_freed():
     before = heap.python_arenas_bytes()
-    # 200,000 small objects: about 10 MiB of Python's own arenas, which go back once all are freed.
-    objects = [[] for _ in range(200_000)]
+    # 400,000 small objects, about 29 MiB: more than the free room in the arenas already held
+    # (however much earlier tests left), so new arenas come, and go back once all are freed.
+    objects = [[] for _ in range(400_000)]
     held = heap.python_arenas_bytes()
     del objects
     after = heap.python_arenas_bytes()
