@@ -1,6 +1,6 @@
 """What a worker's memory is made of, read from inside it: tells a leak from the allocator's high-water mark.
 
-RSS alone cannot say why a process grew. Three figures can:
+RSS alone cannot say why a process grew. These figures can:
 
     python_blocks_k   objects and other small blocks Python has allocated (thousands):
                       sys.getallocatedblocks(). Growing without end: a leak in Python.
@@ -9,7 +9,8 @@ RSS alone cannot say why a process grew. Three figures can:
                       Python's blocks flat: a leak in a C extension (libpq, psycopg).
     malloc_free_mb    freed memory malloc keeps for reuse (fordblks). Growing while the
                       two above stay flat: the allocator's high-water mark, not a leak.
-    python_arenas_mb  the 1 MiB arenas Python's own allocator holds for small objects (from
+    python_arenas_mb  the arenas (1 MiB on 64-bit CPython 3.10 and later) Python's own allocator
+                      holds for objects of 512 bytes or less (from
                       _PyObject_DebugMallocStats, what sys._debugmallocstats() prints). An
                       arena goes back only once every object in it is freed: growing while
                       Python's blocks stay flat, the blocks are spread over more arenas.
@@ -20,7 +21,7 @@ RSS alone cannot say why a process grew. Three figures can:
 A worker started with loadtests/gunicorn_heap.conf.py writes them to HEAP_REPORT_DIR
 every HEAP_REPORT_SECONDS (default 5), as <pid>.json; the soak reads them beside RSS.
 Without glibc 2.33 or later (musl, macOS, older distributions) the two malloc figures are missing;
-without Linux's /proc, the stacks; with PYTHONMALLOC=malloc, Python's arenas.
+without Linux's /proc, the stacks; with PYTHONMALLOC=malloc or a free-threaded build, Python's arenas.
 """
 
 from __future__ import annotations
@@ -118,31 +119,39 @@ def python_arenas_bytes() -> int | None:
     return int(found.group(1).replace(",", "")) if found else None
 
 
-def _stack_pointers() -> set[int]:
-    """The stack pointer of every thread of this process blocked in (or between) system calls."""
-    pointers = set()
+def _stack_pointers() -> set[int] | None:
+    """The stack pointer of every thread of this process blocked in (or between) system calls.
+
+    None where no thread's /proc/self/task/*/syscall could be read (no /proc, or not allowed).
+    """
+    pointers, read = set(), False
     for task in os.listdir("/proc/self/task"):
         try:
             fields = Path(f"/proc/self/task/{task}/syscall").read_text().split()
-        except OSError:  # the thread has ended
+        except OSError:  # the thread has ended, or the kernel does not say
             continue
+        read = True
         # "nr arg1 .. arg6 sp pc" in a system call, "-1 sp pc" outside one, "running" on a CPU.
         if len(fields) >= 3:
             pointers.add(int(fields[-2], 16))
-    return pointers
+    return pointers if read else None
 
 
-def _mappings() -> list[tuple[int, int, int]]:
-    """(start, end, resident bytes) of every mapping of this process, from /proc/self/smaps."""
-    mappings, current = [], None
+def _stack_mappings() -> dict[tuple[int, int], int]:
+    """(start, end) -> resident bytes of each mapping that can be a stack: private, writable,
+    anonymous (a thread's) or the main thread's [stack]; from /proc/self/smaps."""
+    mappings, current = {}, None
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
             if line.startswith("Rss:") and current is not None:
-                mappings.append((*current, int(line.split()[1]) * 1024))
+                mappings[current] = int(line.split()[1]) * 1024
                 current = None
-            elif not line[0].isupper():  # a mapping's header: "start-end perms offset dev inode path"
-                start, end = line.split(None, 1)[0].split("-")
-                current = (int(start, 16), int(end, 16))
+            elif not line[0].isupper():  # a mapping's header: "start-end perms offset dev inode [path]"
+                fields = line.split()
+                path = fields[5] if len(fields) > 5 else ""
+                if fields[1].startswith("rw") and fields[1].endswith("p") and path in ("", "[stack]"):
+                    start, end = fields[0].split("-")
+                    current = (int(start, 16), int(end, 16))
     return mappings
 
 
@@ -150,19 +159,21 @@ class Stacks:
     """The resident part of this process's thread stacks.
 
     A stack is found by a stack pointer inside it; a thread busy on a CPU when one reading is
-    taken has none, so every stack found stays known until its mapping goes.
+    taken has none, so every stack found stays known while its mapping stays the same.
     """
 
     def __init__(self) -> None:
-        self.known: set[int] = set()  # the start of each stack's mapping
+        self.known: set[tuple[int, int]] = set()  # (start, end) of each stack's mapping
 
-    def resident_bytes(self) -> int:
-        mappings = _mappings()
+    def resident_bytes(self) -> int | None:
+        """None where the threads' stack pointers cannot be read."""
         pointers = _stack_pointers()
-        found = {start for start, end, _ in mappings if any(start <= sp < end for sp in pointers)}
-        starts = {start for start, _, _ in mappings}
-        self.known = (self.known | found) & starts
-        return sum(rss for start, _, rss in mappings if start in self.known)
+        if pointers is None:
+            return None
+        mappings = _stack_mappings()
+        found = {span for span in mappings if any(span[0] <= sp < span[1] for sp in pointers)}
+        self.known = (self.known | found) & mappings.keys()
+        return sum(mappings[span] for span in self.known)
 
 
 def figures(stacks: Stacks | None = None) -> dict[str, float]:
@@ -175,8 +186,13 @@ def figures(stacks: Stacks | None = None) -> dict[str, float]:
     arenas = python_arenas_bytes()
     if arenas is not None:
         found["python_arenas_mb"] = arenas / 2**20
-    if stacks is not None and Path("/proc/self/task").is_dir():
-        found["stacks_mb"] = stacks.resident_bytes() / 2**20
+    if stacks is not None:
+        try:
+            resident = stacks.resident_bytes()
+        except OSError:  # no /proc: not Linux
+            resident = None
+        if resident is not None:
+            found["stacks_mb"] = resident / 2**20
     return found
 
 

@@ -485,8 +485,8 @@ class Plan:
             while n * self.kill_every < self.duration:
                 kills.append((n * self.kill_every, "kill"))
                 n += 1
-        restarts = [(t, "restart") for t in self.restarts] if self.restart_seconds else []
-        return sorted(kills + restarts)
+        stops = [(t, "restart") for t in self.restarts] if self.restart_seconds else []
+        return sorted(kills + stops)
 
 
 @dataclass
@@ -527,8 +527,12 @@ class OrderTrim:
     deleted: int = 0
 
     def __call__(self, monitor: Monitor) -> None:
-        if self.keep_seconds > 0:
-            self.deleted += monitor.delete_orders(self.after_id, self.keep_seconds) or 0
+        if self.keep_seconds <= 0:
+            return
+        deleted = monitor.delete_orders(self.after_id, self.keep_seconds)
+        if deleted is None:
+            say("  old orders not deleted this time: the database did not answer")
+        self.deleted += deleted or 0
 
 
 def wait_until(started: float, t: float) -> None:
@@ -786,12 +790,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool-size", type=int, default=4, help="connections per worker (default 4)")
     parser.add_argument("--external-latency-ms", type=int, default=50)
     parser.add_argument("--keep-orders-seconds", type=float, default=120,
-                        help="orders the run placed are deleted once this old, every minute, so that "
-                             "the data stays the same size (default 120; 0: keep them all)")  # fmt: skip
+                        help="orders the run placed are deleted once this old, at each progress line "
+                             "(every minute), so that the data stays the same size (default 120; 0: keep "
+                             "them all)")  # fmt: skip
     parser.add_argument("--port", type=int, default=8041, help="the WSGI site's; the ASGI site's is the next")
     parser.add_argument("--out", type=Path, help="default reports/soak/<engine>-<pool>/")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
+    duration = args.minutes * 60
+    if args.restart_at_seconds and not all(0 < t < duration for t in args.restart_at_seconds):
+        parser.error(f"--restart-at-seconds: each moment must fall inside the run (0 to {duration:g} s)")
     args.machine = machine()  # as the run starts: the commit may move on while it runs
     args.out = args.out or BASE_DIR / "reports" / "soak" / f"{args.engine}-{args.pool}"
     return args

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import sys
 import threading
 
 import pytest
@@ -37,9 +38,29 @@ def test_python_blocks_count_objects_held():
     del objects
 
 
-@pytest.mark.skipif(heap._MALLOC_STATS is None, reason="needs glibc and CPython's small-object allocator")
+cpython_on_glibc = pytest.mark.skipif(
+    heap._MALLINFO2 is None or sys.implementation.name != "cpython", reason="CPython's allocator on glibc"
+)
+
+
+@cpython_on_glibc
+def test_pythons_arenas_are_read_as_sys_debugmallocstats_prints_them(capfd):
+    # The one private function the module calls: still there, and its report still parsed.
+    assert heap._MALLOC_STATS is not None
+    capfd.readouterr()
+    sys._debugmallocstats()
+    printed = heap._ARENAS.search(capfd.readouterr().err)
+    if printed is None:  # PYTHONMALLOC=malloc: no arenas to count, none reported
+        assert heap.python_arenas_bytes() is None
+        return
+    assert heap.python_arenas_bytes() == int(printed.group(1).replace(",", ""))
+
+
+@cpython_on_glibc
 def test_python_arenas_follow_small_objects_held_and_freed():
     before = heap.python_arenas_bytes()
+    if before is None:
+        pytest.skip("PYTHONMALLOC=malloc: Python's objects are malloc's")
     # 400,000 small objects, about 29 MiB: more than the free room in the arenas already held
     # (however much earlier tests left), so new arenas come, and go back once all are freed.
     objects = [[] for _ in range(400_000)]
@@ -47,34 +68,40 @@ def test_python_arenas_follow_small_objects_held_and_freed():
     del objects
     after = heap.python_arenas_bytes()
 
-    assert before % 2**20 == 0 and before >= 2**20  # whole arenas of 1 MiB
     assert held - before >= 8 * 2**20
     assert after < held - 6 * 2**20
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's /proc")
-def test_stacks_find_every_blocked_thread_and_what_it_touched():
+def test_stacks_find_every_blocked_thread():
     stacks = heap.Stacks()
+    stacks.resident_bytes()
+    before = set(stacks.known)
     release, ready = threading.Event(), threading.Barrier(5)
 
     def waits() -> None:
         ready.wait()
         release.wait()
 
-    alone = stacks.resident_bytes()
     threads = [threading.Thread(target=waits) for _ in range(4)]
     for thread in threads:
         thread.start()
     ready.wait()
-    with_four = stacks.resident_bytes()
-    release.set()
-    for thread in threads:
-        thread.join()
-
-    # Each new thread's stack is its own mapping with at least the page it is blocked on.
-    assert with_four - alone >= 4 * 4096
-    assert len(stacks.known) >= 4
-    assert heap.figures(stacks)["stacks_mb"] >= 0
+    try:
+        # A thread just let through the barrier may still be on a CPU (no stack pointer) for a moment.
+        for _ in range(100):
+            resident = stacks.resident_bytes()
+            if len(stacks.known - before) >= 4:
+                break
+            release.wait(0.01)
+        # Each new thread's stack is a mapping of its own, with at least the page it waits on.
+        assert len(stacks.known - before) == 4
+        assert resident >= 4 * 4096
+        assert heap.figures(stacks)["stacks_mb"] == pytest.approx(stacks.resident_bytes() / 2**20, rel=0.1)
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
 
 
 def test_a_reporter_writes_its_figures_and_the_soak_reads_them(tmp_path, monkeypatch):

@@ -7,11 +7,15 @@ import socket
 import subprocess
 import sys
 
+import psycopg
 import pytest
+from django.db import connection
 
+from apps.orders.models import Confirmation, Order, OrderLine
 from loadtests import soak
 from tests.conftest import POOL
 from tests.servers import ROOT, free_port
+from tests.test_shop_support import make_order, make_shop
 
 
 def points(*values: float, every: float = 60.0, start: float = 0.0) -> list[list[float]]:
@@ -172,6 +176,47 @@ def test_one_restart_comes_in_the_warm_up_and_one_in_the_middle_of_what_is_measu
     assert first < 120 < second < 240
     assert soak.restarts(soak.parse_args(["--restart-at-seconds", "20", "10"]), 60) == [10, 20]
     assert soak.restarts(soak.parse_args(["--restart-seconds", "0"]), 1800) == []
+
+
+class TheTestDatabase:
+    """What Monitor needs of the soak's server: a connection, here to the tests' database."""
+
+    def connect(self) -> psycopg.Connection:
+        settings = connection.settings_dict
+        return psycopg.connect(
+            host=settings["HOST"], port=settings["PORT"] or None, user=settings["USER"],
+            password=settings["PASSWORD"], dbname=settings["NAME"], autocommit=True,
+        )  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)
+def test_old_orders_the_run_placed_go_with_their_lines_and_confirmations():
+    shop = make_shop()
+    seeded = make_order(shop.ada, [(shop.novel, 1)], number="SEED-1", days_ago=30)
+    placed_old = make_order(shop.ada, [(shop.novel, 1), (shop.kettle, 1)], number="W-OLD", days_ago=0.01)
+    Confirmation.objects.create(
+        order=placed_old, task_id="t-1", delivery_days=2, connection_held_during_call=False
+    )
+    placed_now = make_order(shop.alan, [(shop.atlas, 1)], number="W-NEW", days_ago=0)
+    monitor = soak.Monitor(TheTestDatabase())
+    trim = soak.OrderTrim(after_id=seeded.pk, keep_seconds=120)
+    try:
+        trim(monitor)
+        trim(monitor)  # nothing more is that old
+    finally:
+        monitor.close()
+
+    assert trim.deleted == 1  # W-OLD, 14 minutes old; the seeded one stays however old
+    assert sorted(Order.objects.values_list("number", flat=True)) == ["SEED-1", "W-NEW"]
+    assert OrderLine.objects.filter(order=placed_old.pk).count() == 0
+    assert not Confirmation.objects.exists()
+    assert placed_now.lines.count() == 1
+
+
+def test_a_restart_outside_the_run_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        soak.parse_args(["--minutes", "1", "--restart-at-seconds", "30", "60"])
+    assert "each moment must fall inside the run" in capsys.readouterr().err
 
 
 def test_the_report_is_written_with_its_table_and_chart(tmp_path):
