@@ -1,4 +1,5 @@
-"""glibc's malloc for a worker whose threads take turns: two arenas, so freed memory is reused.
+"""glibc's malloc for a worker whose threads take turns: two arenas, so freed memory is reused,
+and what stays free is handed back to the system every minute.
 
 glibc gives each new thread a malloc arena of its own, up to eight per core. A gthread
 worker's threads each fill theirs to the most they ever held at once, and malloc keeps
@@ -12,16 +13,28 @@ gunicorn's settings call share_arenas() in the master, the task worker when it s
 It does what MALLOC_ARENA_MAX=2 in the environment does; when that variable (glibc's
 own) or GLIBC_TUNABLES' glibc.malloc.arena_max is set, glibc has read it and this
 leaves it be.
+
+Freed memory malloc keeps is still resident. glibc gives back only what lies at the top
+of an arena, and once a large block has been freed it raises that bar to twice the block's
+size: after an export or a fault, a worker keeps megabytes of pages it is not using, and
+which pages stay depends on where the last blocks landed. malloc_trim(0) gives back every
+whole free page, wherever it lies. A worker calls it every MALLOC_TRIM_SECONDS (60; 0: never)
+from a thread of its own (start_trimming(), after the fork): it holds each arena's lock for
+about a millisecond, once a minute.
 """
 
 from __future__ import annotations
 
 import ctypes
+import threading
+
+from django.core.exceptions import ImproperlyConfigured
 
 from project import environment as env
 
 ARENAS = 2
 M_ARENA_MAX = -8  # malloc.h
+TRIM_SECONDS = 60
 
 
 def share_arenas() -> bool:
@@ -39,3 +52,55 @@ def limit_arenas(count: int) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return mallopt(M_ARENA_MAX, count) == 1
+
+
+def _malloc_trim():
+    """glibc's malloc_trim(), or None where the C library has none."""
+    try:
+        function = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
+    return function
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def trim() -> bool:
+    """Give every whole free page of every arena back to the system: True if some went."""
+    return _MALLOC_TRIM is not None and _MALLOC_TRIM(0) == 1
+
+
+class Trimmer(threading.Thread):
+    """Calls trim() every `every` seconds until stopped."""
+
+    def __init__(self, every: float) -> None:
+        super().__init__(name="malloc-trim", daemon=True)
+        self.every = every
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.every):
+            trim()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+
+def trim_seconds() -> float:
+    """MALLOC_TRIM_SECONDS: seconds between trims, 0 for never (read where a bad value stops the start)."""
+    every = env.number("MALLOC_TRIM_SECONDS", TRIM_SECONDS)
+    if every < 0:
+        raise ImproperlyConfigured(f"MALLOC_TRIM_SECONDS={every:g}: seconds between trims, or 0 for never.")
+    return every
+
+
+def start_trimming(every: float) -> Trimmer | None:
+    """In a worker, after the fork: trim() every `every` seconds; None when that is 0 or not glibc."""
+    if every == 0 or _MALLOC_TRIM is None:
+        return None
+    trimmer = Trimmer(every)
+    trimmer.start()
+    return trimmer

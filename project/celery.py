@@ -9,7 +9,8 @@ in a worker:
 
 * at start, the embedded PostgreSQL must be running when DATABASE_URL is unset (as
   for gunicorn), the filesystem broker's folders are made, and the threads are given
-  two malloc arenas to share (project/allocator.py, as gunicorn's workers are);
+  two malloc arenas to share and a thread that gives malloc's free pages back
+  (project/allocator.py, as gunicorn's workers are);
 * around each task, its use of database connections is summed up as a request's is
   (apps/metrics): a task is a worker's request. Celery's Django fix-up closes the
   task's connections after it, which on the release engines has nothing left to do,
@@ -44,6 +45,7 @@ def prepare_worker(**kwargs) -> None:
     from project import allocator
 
     allocator.share_arenas()  # before the pool's threads start
+    allocator.start_trimming(allocator.trim_seconds())
 
     if not os.environ.get("DATABASE_URL"):
         # The embedded PostgreSQL is for local use; the worker does not start it (`make worker` does).

@@ -7,6 +7,7 @@
     GUNICORN_THREADS  threads per worker (wsgi)       8
     GUNICORN_ACCESS_LOG  "1" to log every request     off
     MALLOC_ARENA_MAX  glibc's malloc arenas per process  2 (project/allocator.py)
+    MALLOC_TRIM_SECONDS  between giving malloc's free pages back, each worker (0: never)  60
 
 Each worker opens its own connection pool after the fork (a pool's sockets and
 threads must never be shared with a forked child), and writes its metrics to
@@ -45,6 +46,7 @@ chdir = str(BASE_DIR)
 
 # In the master, before any thread, for the workers it forks.
 allocator.share_arenas()
+trim_seconds = allocator.trim_seconds()  # read here: a bad value stops the start, not each worker
 
 # One folder per address, so a release and a baseline site started from the same
 # checkout keep their numbers apart. Set here, in the master, before prometheus_client
@@ -75,6 +77,7 @@ def on_starting(server):
 
 
 def post_fork(server, worker):
+    allocator.start_trimming(trim_seconds)
     # With preload_app the master may have touched the database: drop whatever
     # this child inherited so that it opens pools of its own.
     if "django.db" in sys.modules:
