@@ -1,4 +1,5 @@
-"""project/allocator.py: threads share two malloc arenas, counted by glibc's own malloc_info()."""
+"""project/allocator.py: threads share two malloc arenas, counted by glibc's own malloc_info();
+free pages go back to the system, measured in the process's resident memory."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import subprocess
 import sys
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
+from project import allocator
 from tests.servers import ROOT
 
 pytestmark = pytest.mark.skipif(
@@ -82,3 +85,69 @@ def test_the_sites_gunicorn_settings_limit_the_master_before_it_forks(monkeypatc
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # glibc's own variable: it has read it already
     runpy.run_path(str(ROOT / "project" / "gunicorn.conf.py"))
     assert calls == [2]
+
+
+# 32 MiB in 64 KiB blocks (under the mmap threshold: from an arena), all freed but the
+# last, which keeps the free space below it from being the arena's top: glibc keeps it,
+# resident. Prints the resident MiB after the free and again after `sys.argv[1]`.
+FREED_BUT_KEPT = """
+import sys, time
+from project import allocator
+
+def resident_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+blocks = [bytearray(65536) for _ in range(512)]  # bytearray(n) writes its n bytes: resident
+last = bytearray(65536)
+del blocks
+print(resident_mib())
+if sys.argv[1] == "trim":
+    allocator.trim()
+elif sys.argv[1] == "thread":
+    trimmer = allocator.start_trimming(0.05)
+    time.sleep(0.5)
+    trimmer.stop()
+print(resident_mib())
+"""
+
+
+def resident_after_free(mode: str) -> tuple[float, float]:
+    """(MiB resident after the free, MiB resident after `mode`) in a fresh interpreter."""
+    env = {name: value for name, value in os.environ.items() if name not in GLIBC_SETTINGS}
+    command = [sys.executable, "-c", FREED_BUT_KEPT, mode]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    kept, after = map(float, run.stdout.split())
+    return kept, after
+
+
+def test_freed_pages_below_a_live_block_stay_resident_without_a_trim():
+    kept, after = resident_after_free("nothing")
+    assert after > kept - 4
+
+
+@pytest.mark.parametrize("mode", ["trim", "thread"])
+def test_a_trim_gives_them_back(mode):
+    kept, after = resident_after_free(mode)
+    assert after < kept - 24  # of the 32 MiB freed
+
+
+def test_trim_seconds_default_to_a_minute_and_zero_starts_nothing(monkeypatch):
+    monkeypatch.delenv("MALLOC_TRIM_SECONDS", raising=False)
+    assert allocator.trim_seconds() == 60
+    monkeypatch.setenv("MALLOC_TRIM_SECONDS", "0")
+    assert allocator.start_trimming(allocator.trim_seconds()) is None
+
+
+@pytest.mark.parametrize("value", ["-1", "soon"])
+def test_a_bad_trim_interval_is_refused(monkeypatch, value):
+    monkeypatch.setenv("MALLOC_TRIM_SECONDS", value)
+    with pytest.raises(ImproperlyConfigured, match="MALLOC_TRIM_SECONDS"):
+        allocator.trim_seconds()
+
+
+def test_the_sites_gunicorn_settings_refuse_a_bad_trim_interval_in_the_master(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setenv("MALLOC_TRIM_SECONDS", "-5")
+    with pytest.raises(ImproperlyConfigured, match="MALLOC_TRIM_SECONDS"):
+        runpy.run_path(str(ROOT / "project" / "gunicorn.conf.py"))
