@@ -14,18 +14,21 @@ It does what MALLOC_ARENA_MAX=2 in the environment does; when that variable (gli
 own) or GLIBC_TUNABLES' glibc.malloc.arena_max is set, glibc has read it and this
 leaves it be.
 
-Freed memory malloc keeps is still resident. glibc gives back only what lies at the top
-of an arena, and once a large block has been freed it raises that bar to twice the block's
-size: after an export or a fault, a worker keeps megabytes of pages it is not using, and
-which pages stay depends on where the last blocks landed. malloc_trim(0) gives back every
-whole free page, wherever it lies. A worker calls it every MALLOC_TRIM_SECONDS (60; 0: never)
-from a thread of its own (start_trimming(), after the fork): it holds each arena's lock for
-about a millisecond, once a minute.
+Freed memory malloc keeps is still resident. glibc gives an arena's pages back only from
+its top, and only once more than a threshold (128 KiB) is free there. When a block of 128
+KiB or more that it had mapped on its own is freed, it stops mapping blocks that size, so
+later ones come from the arenas, and raises the threshold to twice the block's size. After
+an export or a fault, a worker keeps pages it no longer uses, and which ones depends on
+where the last live blocks landed. malloc_trim(0) gives back every whole free page,
+wherever it lies. A worker calls it every MALLOC_TRIM_SECONDS (60; 0: never) from a
+thread of its own (start_trimming(), after the fork), taking each arena's lock while it
+walks that arena.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 
 from django.core.exceptions import ImproperlyConfigured
@@ -58,9 +61,10 @@ def _malloc_trim():
     """glibc's malloc_trim(), or None where the C library has none."""
     try:
         function = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # not glibc (musl, macOS): its allocator works otherwise
         return None
-    function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
     return function
 
 
@@ -92,8 +96,8 @@ class Trimmer(threading.Thread):
 def trim_seconds() -> float:
     """MALLOC_TRIM_SECONDS: seconds between trims, 0 for never (read where a bad value stops the start)."""
     every = env.number("MALLOC_TRIM_SECONDS", TRIM_SECONDS)
-    if every < 0:
-        raise ImproperlyConfigured(f"MALLOC_TRIM_SECONDS={every:g}: seconds between trims, or 0 for never.")
+    if not math.isfinite(every) or every < 0:  # float() reads "nan" and "inf" too
+        raise ImproperlyConfigured(f"MALLOC_TRIM_SECONDS={every!r} is not a number of seconds (0 for never).")
     return every
 
 

@@ -41,11 +41,19 @@ app.autodiscover_tasks()
 @signals.worker_init.connect
 def prepare_worker(**kwargs) -> None:
     from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
 
     from project import allocator
 
+    # Celery logs and carries on past an exception raised here; SystemExit stops the worker.
+    try:
+        trim_seconds = allocator.trim_seconds()
+    except ImproperlyConfigured as exc:
+        sys.exit(f"error: {exc}")
     allocator.share_arenas()  # before the pool's threads start
-    allocator.start_trimming(allocator.trim_seconds())
+    # In this process: the threads pool's. Under the prefork pool, each child would start
+    # its own, from worker_process_init.
+    allocator.start_trimming(trim_seconds)
 
     if not os.environ.get("DATABASE_URL"):
         # The embedded PostgreSQL is for local use; the worker does not start it (`make worker` does).

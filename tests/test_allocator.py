@@ -89,47 +89,56 @@ def test_the_sites_gunicorn_settings_limit_the_master_before_it_forks(monkeypatc
 
 # 32 MiB in 64 KiB blocks (under the mmap threshold: from an arena), all freed but the
 # last, which keeps the free space below it from being the arena's top: glibc keeps it,
-# resident. Prints the resident MiB after the free and again after `sys.argv[1]`.
+# resident. Prints the resident MiB before the blocks, after the free, and after `sys.argv[1]`.
 FREED_BUT_KEPT = """
-import sys, time
+import os, sys, time
 from project import allocator
 
 def resident_mib():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
+before = resident_mib()
 blocks = [bytearray(65536) for _ in range(512)]  # bytearray(n) writes its n bytes: resident
 last = bytearray(65536)
 del blocks
-print(resident_mib())
+kept = resident_mib()
 if sys.argv[1] == "trim":
-    allocator.trim()
+    assert allocator.trim()
 elif sys.argv[1] == "thread":
     trimmer = allocator.start_trimming(0.05)
     time.sleep(0.5)
     trimmer.stop()
-print(resident_mib())
+print(before, kept, resident_mib())
 """
 
 
-def resident_after_free(mode: str) -> tuple[float, float]:
-    """(MiB resident after the free, MiB resident after `mode`) in a fresh interpreter."""
+def resident_around_a_free(mode: str) -> tuple[float, float, float]:
+    """MiB resident before the blocks, after they are freed, and after `mode`, in a fresh interpreter."""
     env = {name: value for name, value in os.environ.items() if name not in GLIBC_SETTINGS}
     command = [sys.executable, "-c", FREED_BUT_KEPT, mode]
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    kept, after = map(float, run.stdout.split())
-    return kept, after
+    before, kept, after = map(float, run.stdout.split())
+    return before, kept, after
 
 
 def test_freed_pages_below_a_live_block_stay_resident_without_a_trim():
-    kept, after = resident_after_free("nothing")
+    before, kept, after = resident_around_a_free("nothing")
+    assert kept > before + 24  # of the 32 MiB freed
     assert after > kept - 4
 
 
 @pytest.mark.parametrize("mode", ["trim", "thread"])
 def test_a_trim_gives_them_back(mode):
-    kept, after = resident_after_free(mode)
-    assert after < kept - 24  # of the 32 MiB freed
+    before, kept, after = resident_around_a_free(mode)
+    assert kept > before + 24
+    assert after < kept - 24
+
+
+def test_without_glibcs_malloc_trim_nothing_is_trimmed(monkeypatch):
+    monkeypatch.setattr(allocator, "_MALLOC_TRIM", None)
+    assert allocator.trim() is False
+    assert allocator.start_trimming(60) is None
 
 
 def test_trim_seconds_default_to_a_minute_and_zero_starts_nothing(monkeypatch):
@@ -139,15 +148,47 @@ def test_trim_seconds_default_to_a_minute_and_zero_starts_nothing(monkeypatch):
     assert allocator.start_trimming(allocator.trim_seconds()) is None
 
 
-@pytest.mark.parametrize("value", ["-1", "soon"])
+@pytest.mark.parametrize("value", ["-1", "soon", "nan", "inf"])
 def test_a_bad_trim_interval_is_refused(monkeypatch, value):
     monkeypatch.setenv("MALLOC_TRIM_SECONDS", value)
     with pytest.raises(ImproperlyConfigured, match="MALLOC_TRIM_SECONDS"):
         allocator.trim_seconds()
 
 
+def gunicorn_settings(monkeypatch, tmp_path) -> dict:
+    """project/gunicorn.conf.py's names, run here with the master's malloc calls left out."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the settings set it; put back after
+    monkeypatch.setattr(allocator, "limit_arenas", lambda count: True)
+    return runpy.run_path(str(ROOT / "project" / "gunicorn.conf.py"))
+
+
+def test_each_gunicorn_worker_starts_trimming_after_the_fork(monkeypatch, tmp_path):
+    monkeypatch.setenv("MALLOC_TRIM_SECONDS", "30")
+    started = []
+    monkeypatch.setattr(allocator, "start_trimming", started.append)
+    gunicorn_settings(monkeypatch, tmp_path)["post_fork"](None, None)
+    assert started == [30]
+
+
 def test_the_sites_gunicorn_settings_refuse_a_bad_trim_interval_in_the_master(monkeypatch, tmp_path):
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setenv("MALLOC_TRIM_SECONDS", "-5")
     with pytest.raises(ImproperlyConfigured, match="MALLOC_TRIM_SECONDS"):
-        runpy.run_path(str(ROOT / "project" / "gunicorn.conf.py"))
+        gunicorn_settings(monkeypatch, tmp_path)
+
+
+def test_the_task_worker_starts_trimming_and_stops_on_a_bad_interval(monkeypatch, settings, tmp_path):
+    from project import celery
+
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": str(tmp_path / "in")}
+    monkeypatch.setenv("DATABASE_URL", "postgres://unused")  # not the embedded server's check
+    monkeypatch.setattr(allocator, "share_arenas", lambda: True)
+    started = []
+    monkeypatch.setattr(allocator, "start_trimming", started.append)
+    monkeypatch.delenv("MALLOC_TRIM_SECONDS", raising=False)
+    celery.prepare_worker()
+    assert started == [60]
+
+    monkeypatch.setenv("MALLOC_TRIM_SECONDS", "never")
+    with pytest.raises(SystemExit, match="MALLOC_TRIM_SECONDS"):
+        celery.prepare_worker()
+    assert started == [60]
