@@ -9,6 +9,8 @@ RSS alone cannot say why a process grew. These figures can:
                       Python's blocks flat: a leak in a C extension (libpq, psycopg).
     malloc_free_mb    freed memory malloc keeps for reuse (fordblks). Growing while the
                       two above stay flat: the allocator's high-water mark, not a leak.
+                      Pages a trim gave back (project/allocator.py) still count here,
+                      though no longer resident.
     python_arenas_mb  the arenas (1 MiB on 64-bit CPython 3.10 and later) Python's own allocator
                       holds for objects of 512 bytes or less (from
                       _PyObject_DebugMallocStats, what sys._debugmallocstats() prints). An
