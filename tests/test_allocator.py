@@ -53,17 +53,17 @@ os.unlink(path)
 GLIBC_SETTINGS = ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")  # glibc's defaults, whatever CI's environment says
 
 
-def arenas(mode: str) -> int:
-    run = subprocess.run(
-        [sys.executable, "-c", ARENAS_OF_EIGHT_THREADS, mode],
-        cwd=ROOT,
-        env={name: value for name, value in os.environ.items() if name not in GLIBC_SETTINGS},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def run_fresh(script: str, mode: str) -> str:
+    """`script`'s output, run with `mode` in a fresh interpreter under glibc's default settings."""
+    env = {name: value for name, value in os.environ.items() if name not in GLIBC_SETTINGS}
+    command = [sys.executable, "-c", script, mode]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    return int(run.stdout)
+    return run.stdout
+
+
+def arenas(mode: str) -> int:
+    return int(run_fresh(ARENAS_OF_EIGHT_THREADS, mode))
 
 
 def test_threads_get_arenas_of_their_own_by_default():
@@ -114,11 +114,7 @@ print(before, kept, resident_mib())
 
 def resident_around_a_free(mode: str) -> tuple[float, float, float]:
     """MiB resident before the blocks, after they are freed, and after `mode`, in a fresh interpreter."""
-    env = {name: value for name, value in os.environ.items() if name not in GLIBC_SETTINGS}
-    command = [sys.executable, "-c", FREED_BUT_KEPT, mode]
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    before, kept, after = map(float, run.stdout.split())
+    before, kept, after = map(float, run_fresh(FREED_BUT_KEPT, mode).split())
     return before, kept, after
 
 
