@@ -128,8 +128,13 @@ def _stack_pointers() -> set[int] | None:
     """
     pointers, read = set(), False
     for task in os.listdir("/proc/self/task"):
+        # A plain string, not a Path: pathlib interns every part of a path. Thread ids interned
+        # and dropped every few seconds use up the slots of the interpreter's table of interned
+        # strings, which is then rebuilt for three times the strings it holds: in a Django
+        # worker (over 21,845) 131,072 slots in place of 65,536, 1 MB more, kept.
         try:
-            fields = Path(f"/proc/self/task/{task}/syscall").read_text().split()
+            with open(f"/proc/self/task/{task}/syscall") as syscall:
+                fields = syscall.read().split()
         except OSError:  # the thread has ended, or the kernel does not say
             continue
         read = True

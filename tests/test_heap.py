@@ -104,6 +104,19 @@ def test_stacks_find_every_blocked_thread():
             thread.join()
 
 
+def test_taking_the_figures_interns_no_string(monkeypatch):
+    # The reporter takes them every few seconds in the worker it measures: strings interned and
+    # dropped each time would make the interpreter rebuild its table of interned strings, 1 MB
+    # larger, in the middle of a soak (loadtests/heap.py, _stack_pointers()).
+    interned = []
+    intern = sys.intern
+    monkeypatch.setattr(sys, "intern", lambda text: interned.append(text) or intern(text))
+    stacks = heap.Stacks()
+    for _ in range(3):
+        assert "stacks_mb" in heap.figures(stacks)  # every thread's /proc/self/task/<id> read
+    assert interned == []
+
+
 def test_a_reporter_writes_its_figures_and_the_soak_reads_them(tmp_path, monkeypatch):
     monkeypatch.setenv("HEAP_REPORT_DIR", str(tmp_path / "heap"))
     monkeypatch.setenv("HEAP_REPORT_SECONDS", "0.05")
