@@ -141,8 +141,8 @@ def count_in_child(loop: str, pool: str, checkouts: int, metrics: bool) -> None:
     close_plain_pool()
 
 
-def fill_pools(connections: list) -> None:
-    """Wait until the psycopg_pool of each of `connections` holds its min_size connections.
+def fill_pools(wrappers: list) -> None:
+    """Wait until the psycopg_pool of each of `wrappers` (Django connections) has its min_size connections.
 
     A checkout that finds its pool still connecting in the background makes
     psycopg_pool open one more connection where max_size allows. Whether it
@@ -153,8 +153,8 @@ def fill_pools(connections: list) -> None:
     """
     from psycopg_pool import ConnectionPool
 
-    for connection in connections:
-        pool = getattr(connection, "pool", None)
+    for wrapper in wrappers:
+        pool = getattr(wrapper, "pool", None)
         if isinstance(pool, ConnectionPool):
             pool.open(wait=True)
 

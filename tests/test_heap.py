@@ -13,6 +13,7 @@ import pytest
 from loadtests import heap, soak
 from tests.servers import ROOT
 
+reads_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's /proc")
 glibc_only = pytest.mark.skipif(heap._MALLINFO2 is None, reason="mallinfo2() is glibc's")
 
 
@@ -72,7 +73,7 @@ def test_python_arenas_follow_small_objects_held_and_freed():
     assert after < held - 6 * 2**20
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's /proc")
+@reads_proc
 def test_stacks_find_every_blocked_thread():
     stacks = heap.Stacks()
     stacks.resident_bytes()
@@ -104,6 +105,7 @@ def test_stacks_find_every_blocked_thread():
             thread.join()
 
 
+@reads_proc
 def test_taking_the_figures_interns_no_string(monkeypatch):
     # The reporter takes them every few seconds in the worker it measures: strings interned and
     # dropped each time would make the interpreter rebuild its table of interned strings, 1 MB
